@@ -1,0 +1,30 @@
+"""styleforge: reference-based image stylization on one shared diffusion core.
+
+Public classes are imported lazily so that ``import styleforge`` (and ``styleforge --help``) stays fast.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "StyleforgeError": "styleforge.errors",
+    "InputError": "styleforge.errors",
+    "ModelNotFoundError": "styleforge.errors",
+    "OutputError": "styleforge.errors",
+    "load_image": "styleforge.io",
+    "load_mask": "styleforge.io",
+    "save_image": "styleforge.io",
+    "RegionStylizer": "styleforge.region.inference",
+    "RegionEncoder": "styleforge.region.model",
+    "RegionGenerator": "styleforge.region.model",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'styleforge' has no attribute {name!r}")

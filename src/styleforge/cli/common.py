@@ -1,0 +1,62 @@
+"""Flags shared by every subcommand, and the conversion of parsed flags into runtime objects.
+
+Subcommand modules import nothing heavy at import time so that ``styleforge --help`` stays instant; torch and
+diffusers are imported inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the description's line breaks."""
+
+
+def add_common_args(
+    parser: argparse.ArgumentParser,
+    *,
+    model_default: str | None,
+    model_help: str = "Hugging Face hub id or local model folder",
+    output_required: bool = True,
+    output_help: str = "output PNG file",
+    seed_default: int | None = 0,
+) -> None:
+    g = parser.add_argument_group("common options")
+    g.add_argument("--model", default=model_default, help=model_help)
+    g.add_argument("--device", choices=DEVICES, default="auto", help="where to run; auto picks cuda, then mps, then cpu")
+    g.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision")
+    g.add_argument("--seed", type=int, default=seed_default, help="random seed (results are reproducible per seed)")
+    g.add_argument("-o", "--output", required=output_required, help=output_help)
+    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    g.add_argument("--offline", action="store_true", help="never contact the hub; use local files only (also HF_HUB_OFFLINE=1)")
+
+
+def add_subcommand(subparsers, name: str, *, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+
+
+def str2bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def int_pair(value: str) -> tuple[int, int]:
+    """``"10,90"`` -> (10, 90): a half-open iteration window."""
+    try:
+        a, b = (int(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two integers as START,END, got {value!r}") from None
+    return a, b
+
+
+def load_pipeline(cls, args):
+    """``cls.from_pretrained`` from the common flags (--model --dtype --device --offline)."""
+    return cls.from_pretrained(args.model, torch_dtype=args.dtype, device=args.device, offline=args.offline or None)

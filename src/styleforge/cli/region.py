@@ -1,0 +1,224 @@
+"""``styleforge region``: train, apply and interpolate the region-wise stylizer (TCP)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .common import add_common_args, add_subcommand, str2bool
+
+PRESETS = ("test", "cpu64", "gpu128", "ref256")
+
+
+def _fraction_pair(value: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers as LOW,HIGH, got {value!r}") from None
+    if not 0 <= a <= b:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LOW <= HIGH, got {value!r}")
+    return a, b
+
+
+def register(subparsers) -> None:
+    region = add_subcommand(
+        subparsers, "region",
+        help="region-wise photorealistic style transfer (TCP): a small autoencoder the toolkit trains itself",
+        description="Restyle a masked region of a photo with another photo's colours and tone "
+                    "(You et al., 'Towards Controllable and Photorealistic Region-wise Image Manipulation', ACM MM 2021).",
+    )
+    sub = region.add_subparsers(dest="region_command", metavar="SUBCOMMAND", title="subcommands")
+    region.set_defaults(func=lambda args: (region.print_help(), 0)[1])
+    _register_apply(sub)
+    _register_interpolate(sub)
+    _register_train(sub)
+
+
+def _register_apply(sub) -> None:
+    p = add_subcommand(sub, "apply", help="restyle the masked region(s) of a content image",
+                       description="Restyle the masked region(s) of --content with the style of --style. Several "
+                                   "--style/--mask pairs are applied one after another; without --mask the whole image "
+                                   "is restyled (global transfer). Also writes OUTPUT.strip.png (inputs and result side by side).")
+    p.add_argument("--content", required=True, help="content image (the photo to edit)")
+    p.add_argument("--style", action="append", required=True, help="style image; repeat for several edits")
+    p.add_argument("--mask", action="append", help="mask image (white = restyle), one per --style; omit for global transfer")
+    p.add_argument("--strength", type=float, default=1.0, help="style strength t in [0, 1]: style code (1-t)·S_content + t·S_style")
+    p.add_argument("--paste-back", action="store_true", help="keep pixels outside the mask exactly as in the content image")
+    p.add_argument("--composition", choices=("feature", "pixel", "content_code"), default="feature",
+                   help="where regions are blended: encoder features (the method), pixels or content codes (baselines)")
+    p.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="mask resampling to the feature grid")
+    p.add_argument("--feather", type=float, default=0.0, help="Gaussian feathering of the mask, sigma in pixels (0 = off)")
+    p.add_argument("--size", type=int, default=None, help="working resolution (shorter side); default: the model's training size")
+    p.add_argument("--strip", type=str2bool, default=True, help="also write OUTPUT.strip.png with the inputs and the result")
+    add_common_args(p, model_default=None, model_help="region model folder (default: the bundled model)")
+    p.set_defaults(func=run_apply)
+
+
+def _register_interpolate(sub) -> None:
+    p = add_subcommand(sub, "interpolate", help="write a content/style interpolation grid between two images",
+                       description="Decode linear interpolations of the content codes and/or style codes from --source to "
+                                   "--target (paper §4.4). Rows: content interpolation, style interpolation; columns: alpha.")
+    p.add_argument("--source", required=True, help="source image (alpha = 0)")
+    p.add_argument("--target", required=True, help="target image (alpha = 1)")
+    p.add_argument("--mode", choices=("content", "style", "both", "all"), default="all",
+                   help="which codes to interpolate; 'all' writes one row each for content, style and both")
+    p.add_argument("--steps", type=int, default=5, help="number of alpha values from 0 to 1")
+    p.add_argument("--size", type=int, default=None, help="working resolution (shorter side); default: the model's training size")
+    add_common_args(p, model_default=None, model_help="region model folder (default: the bundled model)", output_help="output grid PNG")
+    p.set_defaults(func=run_interpolate)
+
+
+def _register_train(sub) -> None:
+    p = add_subcommand(sub, "train", help="train a region stylizer on a folder of photos",
+                       description="Train the swapping autoencoder with the code-consistency and content-alignment losses "
+                                   "(spec §3). Writes checkpoints, sample grids, log.jsonl and the inference model OUTPUT/model. "
+                                   "Multi-GPU: accelerate launch -m styleforge.cli.main region train ...")
+    p.add_argument("--data", required=True, help="folder of training images (searched recursively; unusable files are skipped)")
+    p.add_argument("--preset", choices=PRESETS + ("unit",), default="cpu64", help="model size preset")
+    p.add_argument("-o", "--output", required=True, help="run folder")
+    p.add_argument("--iterations", type=int, default=1000, help="total training iterations (a resumed run continues up to this)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue the run in OUTPUT from its latest checkpoint, or from the checkpoint folder given")
+    p.add_argument("--batch-size", type=int, default=None, help="images per iteration per process (default: the preset's)")
+    p.add_argument("--lr", type=float, default=0.002, help="Adam learning rate")
+    w = p.add_argument_group("loss weights")
+    w.add_argument("--w-rec", type=float, default=1.0, help="reconstruction L1 (Eq. 1)")
+    w.add_argument("--w-gan", type=float, default=1.0, help="image GAN loss (Eq. 2) and its R1")
+    w.add_argument("--w-cooccur", type=float, default=1.0, help="patch co-occurrence GAN loss and its R1")
+    w.add_argument("--w-cc", type=float, default=1.0, help="code-consistency loss (Eq. 3); 0 trains plain SwapAE")
+    w.add_argument("--cc-style-weight", type=float, default=1.0, help="lambda of Eq. 3 (weight of the style term)")
+    w.add_argument("--w-ca", type=float, default=1.0, help="content-alignment loss (Eq. 7)")
+    w.add_argument("--r1-gamma", type=float, default=10.0, help="R1 gamma of the image discriminator")
+    w.add_argument("--r1-gamma-cooccur", type=float, default=1.0, help="R1 gamma of the patch discriminator")
+    w.add_argument("--r1-interval", type=int, default=16, help="lazy R1 every this many steps")
+    r = p.add_argument_group("code-consistency / content-alignment schedule and options")
+    r.add_argument("--reg-interval", type=int, default=16, help="K: L_CC and L_CA run every K iterations")
+    r.add_argument("--reg-offset", type=int, default=0, help="phase of L_CA relative to L_CC within K")
+    r.add_argument("--reg-start", type=int, default=0, help="warm-up: no L_CC/L_CA before this iteration")
+    r.add_argument("--reg-scale-by-interval", type=str2bool, default=False, help="multiply L_CC/L_CA by K")
+    r.add_argument("--cc-detach-targets", type=str2bool, default=True, help="stop-gradient on the L_CC targets C_A, S_B")
+    r.add_argument("--ca-detach-target", type=str2bool, default=True, help="stop-gradient on the L_CA pseudo target I_g")
+    r.add_argument("--ca-detach-input", type=str2bool, default=False, help="recompute trunk(I_g) for L_CA with I_g detached")
+    r.add_argument("--ca-normalize-by-area", type=str2bool, default=False, help="divide each L_CA term by its mask's coverage")
+    r.add_argument("--adv-on-region", type=str2bool, default=False, help="let the image discriminator also judge I_h")
+    r.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="M -> M_e resampling")
+    r.add_argument("--mask-coverage", type=_fraction_pair, default=(0.1, 0.7), help="LOW,HIGH coverage of random masks")
+    r.add_argument("--mask-trivial-probability", type=float, default=0.0, help="probability of an all-0 or all-1 mask")
+    a = p.add_argument_group("architecture, patches and data")
+    a.add_argument("--demod", choices=("standard", "input_scaling"), default="standard", help="modulated-conv flavour")
+    a.add_argument("--normalize-codes", type=str2bool, default=True, help="L2-normalise content and style codes")
+    a.add_argument("--n-crop", type=int, default=None, help="query patches per image (default: the preset's)")
+    a.add_argument("--n-ref", type=int, default=None, help="reference patches per image (default: the preset's)")
+    a.add_argument("--patch-scale", type=_fraction_pair, default=(1 / 8, 1 / 4), help="LOW,HIGH patch side as a fraction of the image side")
+    a.add_argument("--crop-scale", type=_fraction_pair, default=(0.6, 1.0), help="LOW,HIGH random crop side as a fraction of the shorter side")
+    a.add_argument("--load-size", type=int, default=None, help="images are kept in memory with this shorter side (default: 2x resolution)")
+    a.add_argument("--ema-half-life", type=float, default=None, help="EMA half-life in images (default: the preset's)")
+    b = p.add_argument_group("run")
+    b.add_argument("--seed", type=int, default=0, help="random seed")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--sample-every", type=int, default=250, help="write a sample grid every N iterations (0 = only at the end)")
+    b.add_argument("--checkpoint-every", type=int, default=250, help="write a checkpoint every N iterations (0 = only at the end)")
+    b.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+def _stylizer(args):
+    from ..region.inference import RegionStylizer
+
+    return RegionStylizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+
+
+def run_apply(args) -> int:
+    from ..errors import InputError
+    from ..io import check_output_path, load_image, make_strip, save_image, sibling_path
+
+    inputs = [args.content, *args.style, *(args.mask or [])]
+    out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
+    strip_path = sibling_path(out, "strip")
+    if args.strip:
+        check_output_path(strip_path, overwrite=args.overwrite, inputs=inputs)
+    if not 0.0 <= args.strength <= 1.0:
+        raise InputError(f"--strength must lie in [0, 1], got {args.strength}")
+    if args.mask and len(args.mask) != len(args.style):
+        raise InputError(f"got {len(args.style)} --style but {len(args.mask)} --mask; give one mask per style, or none")
+    stylizer = _stylizer(args)
+    result = stylizer(
+        args.content, style=args.style, mask=args.mask, strength=args.strength, paste_back=args.paste_back,
+        composition=args.composition, mask_resample=args.mask_resample, feather=args.feather, size=args.size,
+    )
+    metadata = {
+        "method": "region", "model": args.model or "bundled", "content": args.content, "style": args.style,
+        "mask": args.mask, "strength": args.strength, "paste_back": args.paste_back, "composition": args.composition,
+        "mask_resample": args.mask_resample, "feather": args.feather, "size": args.size, "seed": args.seed,
+    }
+    save_image(result, out, metadata=metadata, overwrite=args.overwrite, inputs=inputs)
+    print(f"wrote {out}")
+    if args.strip:
+        panels = [stylizer.prepare_content(args.content, args.size)]
+        for i, style in enumerate(args.style):
+            panels.append(load_image(style))
+            if args.mask:
+                panels.append(load_image(args.mask[i], name="mask"))
+        panels.append(result)
+        save_image(make_strip(panels, height=result.height), strip_path, metadata=metadata, overwrite=args.overwrite, inputs=inputs)
+        print(f"wrote {strip_path}")
+    return 0
+
+
+def run_interpolate(args) -> int:
+    from PIL import Image
+
+    from ..errors import InputError
+    from ..io import check_output_path, make_strip, save_image
+
+    out = check_output_path(args.output, overwrite=args.overwrite, inputs=[args.source, args.target])
+    if args.steps < 2:
+        raise InputError("--steps must be at least 2")
+    stylizer = _stylizer(args)
+    alphas = [i / (args.steps - 1) for i in range(args.steps)]
+    modes = ("content", "style", "both") if args.mode == "all" else (args.mode,)
+    rows = [make_strip(stylizer.interpolate(args.source, args.target, alphas, what=m, size=args.size)) for m in modes]
+    grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
+    y = 0
+    for row in rows:
+        grid.paste(row, (0, y))
+        y += row.height
+    metadata = {"method": "region-interpolate", "model": args.model or "bundled", "source": args.source, "target": args.target,
+                "rows": list(modes), "alphas": alphas}
+    save_image(grid, out, metadata=metadata, overwrite=args.overwrite, inputs=[args.source, args.target])
+    print(f"wrote {out} (rows: {', '.join(modes)}; alphas {', '.join(f'{a:.2f}' for a in alphas)})")
+    return 0
+
+
+def run_train(args) -> int:
+    import torch
+
+    from ..region.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        data=args.data, output=args.output, preset="test" if args.preset == "unit" else args.preset, iterations=args.iterations,
+        batch_size=args.batch_size, lr=args.lr, w_rec=args.w_rec, w_gan=args.w_gan, w_cooccur=args.w_cooccur,
+        w_cc=args.w_cc, cc_style_weight=args.cc_style_weight, w_ca=args.w_ca, r1_gamma=args.r1_gamma,
+        r1_gamma_cooccur=args.r1_gamma_cooccur, r1_interval=args.r1_interval, reg_interval=args.reg_interval,
+        reg_offset=args.reg_offset, reg_start=args.reg_start, reg_scale_by_interval=args.reg_scale_by_interval,
+        cc_detach_targets=args.cc_detach_targets, ca_detach_target=args.ca_detach_target, ca_detach_input=args.ca_detach_input,
+        ca_normalize_by_area=args.ca_normalize_by_area, adv_on_region=args.adv_on_region, mask_resample=args.mask_resample,
+        mask_coverage=args.mask_coverage, mask_trivial_probability=args.mask_trivial_probability, n_crop=args.n_crop,
+        n_ref=args.n_ref, patch_scale=args.patch_scale, demod=args.demod, normalize_codes=args.normalize_codes,
+        crop_scale=args.crop_scale, load_size=args.load_size, ema_half_life_images=args.ema_half_life, seed=args.seed,
+        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume, device=args.device, progress=not args.no_progress,
+        command="styleforge region train " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1:])
+        if "train" in sys.argv else None,
+    )
+    model = train(config)
+    print(f"wrote the trained model to {model}")
+    return 0

@@ -1,0 +1,30 @@
+"""``styleforge tiny-model``: write a tiny random SD-shaped model folder for trying the CLI without weights."""
+
+from __future__ import annotations
+
+from .common import add_subcommand
+
+
+def register(sub) -> None:
+    p = add_subcommand(sub, "tiny-model", help="write a tiny randomly initialised SD 1.x/SDXL-shaped model folder (offline demos, tests)",
+                       description="Write a tiny, randomly initialised model folder shaped like Stable Diffusion 1.x or SDXL. "
+                                   "It produces noise-like images: it exists to run the CLI end to end without weights.")
+    p.add_argument("folder", help="folder to create")
+    p.add_argument("--family", choices=("sd1", "sdxl"), default="sd1", help="architecture family")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder's files")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..errors import OutputError
+    from ..testing import save_tiny_model
+
+    folder = Path(args.folder)
+    if folder.exists() and any(folder.iterdir()) and not args.overwrite:
+        raise OutputError(f"folder exists and is not empty: {folder} (pass --overwrite)")
+    save_tiny_model(folder, args.family, args.seed)
+    print(f"wrote a tiny {args.family} model to {folder}")
+    return 0

@@ -1,0 +1,197 @@
+"""The base of every styleforge diffusion pipeline, and the generic inversion pipeline.
+
+:class:`StyleforgePipeline` is a diffusers ``DiffusionPipeline`` with explicit components (vae, text encoder(s),
+tokenizer(s), unet, scheduler). It adds what every method needs: loading with clear errors, the model family
+(SD 1.x or SDXL), prompt encoding, image <-> latent conversion and the model id for metadata and cache keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+from ..errors import InputError, ModelNotFoundError
+from ..io import ImageLike, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from ..loading import DEFAULT_SD1_MODEL, DEFAULT_SDXL_MODEL, resolve_model_folder  # noqa: F401 (re-exported)
+from ..runtime import resolve_device, resolve_dtype
+from .prompts import Conditioning, PromptEncoder
+
+SD1, SDXL = "sd1", "sdxl"
+
+
+class StyleforgePipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    _optional_components = ["text_encoder_2", "tokenizer_2"]
+    #: families a method supports; loading another is refused with a clear message
+    supported_families: tuple[str, ...] = (SD1, SDXL)
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, text_encoder_2=None, tokenizer_2=None,
+                 force_zeros_for_empty_prompt: bool = True):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        check_architecture(self, self.supported_families)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, *, torch_dtype: torch.dtype | str | None = None,
+                        device: str | torch.device | None = None, offline: bool | None = None, **kwargs):
+        """Load from a hub id or a local diffusers folder; every failure is a one-line :class:`ModelNotFoundError`."""
+        model = str(model or getattr(cls, "default_model", DEFAULT_SD1_MODEL))
+        folder = resolve_model_folder(model, offline=offline)
+        dtype = resolve_dtype(torch_dtype) if torch_dtype is not None else None
+        try:
+            pipe = super().from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **kwargs)
+        except ModelNotFoundError:
+            raise
+        except Exception as e:  # missing component files, bad configs, unloadable weights
+            raise ModelNotFoundError(f"could not load model {model!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        pipe.register_to_config(_name_or_path=model)
+        if device is not None:
+            pipe.to(resolve_device(device))
+        return pipe
+
+    @property
+    def model_id(self) -> str:
+        return str(getattr(self.config, "_name_or_path", "") or "components")
+
+    @property
+    def family(self) -> str:
+        return SDXL if self.text_encoder_2 is not None else SD1
+
+    @property
+    def default_resolution(self) -> int:
+        """The resolution the UNet was trained at (SD 1.5: 512, SDXL: 1024)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    # ------------------------------------------------------------------------------------------- prompts
+
+    @property
+    def prompt_encoder(self) -> PromptEncoder:
+        return PromptEncoder([self.tokenizer, self.tokenizer_2], [self.text_encoder, self.text_encoder_2],
+                             force_zeros_for_empty_prompt=bool(self.config.force_zeros_for_empty_prompt))
+
+    def encode_prompt(self, prompt: str | list[str], *, negative: bool = False, height: int | None = None,
+                      width: int | None = None) -> Conditioning:
+        cond = self.prompt_encoder(prompt, negative=negative).to(self.unet.device, self.unet.dtype)
+        if self.family == SDXL:
+            size = self.default_resolution
+            cond = cond.with_size(height or size, width or size)
+        return cond
+
+    # ------------------------------------------------------------------------------------------- images
+
+    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image") -> torch.Tensor:
+        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1]."""
+        size = size or self.default_resolution
+        w, h = (size, size) if isinstance(size, int) else size
+        if w % self.vae_scale_factor or h % self.vae_scale_factor:
+            raise InputError(f"image size must be a multiple of {self.vae_scale_factor}, got {w}x{h}")
+        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h)))
+
+    def _vae_dtype(self) -> torch.dtype:
+        # SDXL's VAE overflows in fp16 (config force_upcast): run it in fp32 then
+        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            return torch.float32
+        return self.vae.dtype
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+        """Images in [-1, 1] to scaled latents (posterior mode by default, as the methods' official code does)."""
+        dtype = self._vae_dtype()
+        vae = self.vae.to(dtype) if dtype != self.vae.dtype else self.vae
+        dist = vae.encode(images.to(vae.device, dtype)).latent_dist
+        latents = dist.sample(generator) if sample else dist.mode()
+        return (latents * vae.config.scaling_factor).to(self.unet.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents to images in [-1, 1]; NaNs (fp16 overflow) are refused with advice, never saved as black."""
+        if not torch.isfinite(latents).all():
+            raise InputError("the latents contain NaN or infinite values (often fp16 overflow): try --dtype fp32 or bf16")
+        dtype = self._vae_dtype()
+        vae = self.vae.to(dtype) if dtype != self.vae.dtype else self.vae
+        return vae.decode(latents.to(vae.device, dtype) / vae.config.scaling_factor).sample.float()
+
+    def to_pil(self, images: torch.Tensor):
+        return tensor_to_pil(images)
+
+    def metadata(self, method: str, **params: Any) -> dict[str, Any]:
+        """What a PNG stores so the result can be reproduced."""
+        from .. import __version__
+
+        return {"method": method, "model": self.model_id, "dtype": str(self.unet.dtype).replace("torch.", ""),
+                "styleforge": __version__, "params": params}
+
+
+def check_architecture(pipe, families: tuple[str, ...]) -> None:
+    from diffusers import UNet2DConditionModel
+
+    name = getattr(getattr(pipe, "config", None), "_name_or_path", None) or "the given components"
+    if not isinstance(pipe.unet, UNet2DConditionModel):
+        raise ModelNotFoundError(f"model {name!r} has an unsupported architecture ({type(pipe.unet).__name__}); "
+                                 "styleforge needs a Stable Diffusion 1.x or SDXL UNet2DConditionModel")
+    family = SDXL if pipe.text_encoder_2 is not None else SD1
+    if (pipe.unet.config.addition_embed_type == "text_time") != (family == SDXL):
+        raise ModelNotFoundError(f"model {name!r} has an unsupported architecture: its UNet and text encoders do not "
+                                 "form a Stable Diffusion 1.x or SDXL model")
+    if family not in families:
+        raise ModelNotFoundError(f"model {name!r} is {family.upper()}-shaped; this method supports {', '.join(f.upper() for f in families)}")
+
+
+@dataclass
+class InversionOutput:
+    inversion: Any  # styleforge.diffusion.inversion.Inversion
+    reconstruction: Any  # list of PIL images
+
+
+class InversionPipeline(StyleforgePipeline):
+    """Invert an image (DDIM or edit-friendly DDPM) and reconstruct it: the shared inversion as a pipeline."""
+
+    default_model = DEFAULT_SD1_MODEL
+
+    @torch.no_grad()
+    def __call__(self, image: ImageLike, prompt: str = "", *, kind: str = "edit_friendly", num_inference_steps: int = 50,
+                 guidance_scale: float = 1.0, negative_prompt: str = "", size: int | None = None,
+                 generator: torch.Generator | None = None, seed: int | None = None, cache=None, eta: float = 1.0,
+                 zero_last_noise: bool = True) -> InversionOutput:
+        from .inversion import DDIM, EDIT_FRIENDLY, ddim_invert, edit_friendly_invert, image_hash
+        from .sampling import ddim_sample, edit_friendly_sample, noise_predictor
+
+        if kind not in (DDIM, EDIT_FRIENDLY):
+            raise InputError(f"kind must be {DDIM!r} or {EDIT_FRIENDLY!r}, got {kind!r}")
+        pixels = self.preprocess(image, size)
+        h, w = pixels.shape[-2:]
+        cond = self.encode_prompt(prompt, height=h, width=w)
+        uncond = self.encode_prompt(negative_prompt, negative=True, height=h, width=w) if guidance_scale != 1.0 else None
+        eps_fn = noise_predictor(self.unet, cond, uncond=uncond, guidance_scale=guidance_scale)
+        settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
+                        seed=seed, model_id=self.model_id, image_hash=image_hash(pixels),
+                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise} if kind == EDIT_FRIENDLY else {}))
+        key = dict(settings, kind=kind, num_inference_steps=num_inference_steps, eta=eta if kind == EDIT_FRIENDLY else 0.0)
+        inv = cache.get(**key) if cache is not None else None
+        if inv is None:
+            x0 = self.encode_images(pixels)
+            if kind == DDIM:
+                inv = ddim_invert(eps_fn, x0, self.scheduler, num_inference_steps, progress=self.progress_bar, **settings)
+            else:
+                if generator is None and seed is not None:
+                    generator = torch.Generator("cpu").manual_seed(seed)
+                inv = edit_friendly_invert(eps_fn, x0, self.scheduler, num_inference_steps, generator=generator, eta=eta,
+                                           zero_last_noise=zero_last_noise, progress=self.progress_bar, **settings)
+            if cache is not None:
+                cache.put(inv)
+        x, timesteps, noise = inv.start(0)
+        x = x[None].to(self.unet.device, self.unet.dtype)
+        if kind == DDIM:
+            x0 = ddim_sample(eps_fn, x, self.scheduler, timesteps, num_inference_steps, progress=self.progress_bar)
+        else:
+            x0 = edit_friendly_sample(eps_fn, x, self.scheduler, timesteps, noise[:, None], num_inference_steps, eta=eta,
+                                      progress=self.progress_bar)
+        return InversionOutput(inv, self.to_pil(self.decode_latents(x0)))

@@ -1,0 +1,331 @@
+"""Inference with a trained region-wise stylizer (spec §4).
+
+The tensor-level functions take an encoder, a generator and image tensors in [-1, 1]; :class:`RegionStylizer`
+wraps them for images on disk or in memory (loading, resizing, masks, saving) and is what the CLI uses.
+All inference runs in eval mode, where the generator's noise is a fixed per-layer map, so results are
+deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import InputError, ModelNotFoundError
+from .masks import broadcast_mask, feather_mask, resample_mask
+from .model import RegionEncoder, RegionGenerator
+
+COMPOSITION_SPACES = ("feature", "pixel", "content_code")
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "region"
+MODEL_CONFIG = "config.json"
+
+# --------------------------------------------------------------------------------------------- tensor level
+
+
+def mix_styles(style_content: torch.Tensor, style_reference: torch.Tensor, strength: float) -> torch.Tensor:
+    """(1-t)·S_A + t·S_B: exact endpoints at t = 0 and t = 1 (spec §1, style strength)."""
+    if not 0.0 <= float(strength) <= 1.0:
+        raise InputError(f"strength must lie in [0, 1], got {strength}")
+    return (1.0 - strength) * style_content + strength * style_reference
+
+
+def compose_features(features_content: torch.Tensor, features_styled: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+    """ê = M_e ⊙ e_g + (1 - M_e) ⊙ e_A (paper Eq. 5, with soft M_e allowed)."""
+    return mask_features * features_styled + (1 - mask_features) * features_content
+
+
+@torch.no_grad()
+def reconstruct(encoder: RegionEncoder, generator: RegionGenerator, image: torch.Tensor) -> torch.Tensor:
+    """G(C_A, S_A)."""
+    content, style = encoder(image)
+    return generator(content, style)
+
+
+@torch.no_grad()
+def transfer(encoder, generator, content_image, style_image, strength: float = 1.0) -> torch.Tensor:
+    """Global transfer G(C_A, (1-t)·S_A + t·S_B)."""
+    content, style_a = encoder(content_image)
+    style_b = encoder.style(encoder.features(style_image)).expand_as(style_a)
+    return generator(content, mix_styles(style_a, style_b, strength))
+
+
+@torch.no_grad()
+def region_transfer(
+    encoder,
+    generator,
+    content_image: torch.Tensor,
+    style_image: torch.Tensor,
+    mask: torch.Tensor,
+    strength: float = 1.0,
+    composition: str = "feature",
+    mask_resample: str = "area",
+    feather: float = 0.0,
+    return_parts: bool = False,
+):
+    """Restyle the masked region of ``content_image`` with the global style of ``style_image``.
+
+    ``composition``: ``feature`` (the method, Eqs. 5-6), ``pixel`` (the naive composite of Eq. 4),
+    ``content_code`` (SwapAE-style structure-code composite). ``mask`` is (H,W), (1,1,H,W) or (N,1,H,W),
+    1 = restyle. With ``return_parts`` also returns a dict of the intermediate tensors.
+    """
+    if composition not in COMPOSITION_SPACES:
+        raise InputError(f"composition must be one of {', '.join(COMPOSITION_SPACES)}, got {composition!r}")
+    n, _, h, w = content_image.shape
+    mask = feather_mask(broadcast_mask(mask, n, (h, w)).to(content_image), feather)
+    features_a = encoder.features(content_image)
+    content_a, style_a = encoder.content(features_a), encoder.style(features_a)
+    style_b = encoder.style(encoder.features(style_image)).expand_as(style_a)
+    global_out = generator(content_a, mix_styles(style_a, style_b, strength))
+    parts = {"mask": mask, "global": global_out, "features_content": features_a}
+    if composition == "pixel":
+        out = mask * global_out + (1 - mask) * content_image
+    else:
+        features_g = encoder.features(global_out)
+        mask_e = resample_mask(mask, tuple(features_a.shape[-2:]), mask_resample)
+        parts.update(features_global=features_g, mask_features=mask_e)
+        if composition == "feature":
+            composed = compose_features(features_a, features_g, mask_e)
+            parts["features_composed"] = composed
+            out = generator(encoder.content(composed), encoder.style(composed))
+        else:
+            content_mix = compose_features(content_a, encoder.content(features_g), mask_e)
+            out = generator(content_mix, style_a)
+    return (out, parts) if return_parts else out
+
+
+@torch.no_grad()
+def apply_edits(
+    encoder,
+    generator,
+    content_image: torch.Tensor,
+    edits: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    strength: float = 1.0,
+    paste_back: bool = False,
+    **region_kwargs,
+) -> torch.Tensor:
+    """Successive edits (spec §4, several regions): I⁰ = A, Iᵏ = region_transfer(Iᵏ⁻¹, B_k, M_k).
+
+    A ``None`` mask means global transfer. ``paste_back`` returns M·Iᵏ + (1-M)·Iᵏ⁻¹ after each edit, so pixels
+    outside every mask are exactly the content image's.
+    """
+    current = content_image
+    n, _, h, w = content_image.shape
+    for style_image, mask in edits:
+        if mask is None:
+            out = transfer(encoder, generator, current, style_image, strength)
+        else:
+            out = region_transfer(encoder, generator, current, style_image, mask, strength, **region_kwargs)
+            if paste_back:
+                m = broadcast_mask(mask, n, (h, w)).to(out)
+                out = m * out + (1 - m) * current
+        current = out
+    return current
+
+
+@torch.no_grad()
+def interpolate(encoder, generator, source: torch.Tensor, target: torch.Tensor, alphas: Sequence[float], what: str = "style") -> torch.Tensor:
+    """Codes interpolated linearly between source and target (paper §4.4); (len(alphas)·N, 3, H, W).
+
+    ``content``: G(lerp(C_src, C_tgt, α), S_src); ``style``: G(C_src, lerp(S_src, S_tgt, α)); ``both``.
+    Content interpolation needs source and target of the same size.
+    """
+    if what not in ("content", "style", "both"):
+        raise InputError(f"interpolation must be content, style or both, got {what!r}")
+    content_s, style_s = encoder(source)
+    content_t, style_t = encoder(target)
+    if what != "style" and content_s.shape != content_t.shape:
+        raise InputError("content interpolation needs source and target images of the same size")
+    outputs = []
+    for alpha in alphas:
+        content = (1 - alpha) * content_s + alpha * content_t if what != "style" else content_s
+        style = (1 - alpha) * style_s + alpha * style_t.expand_as(style_s) if what != "content" else style_s
+        outputs.append(generator(content, style))
+    return torch.cat(outputs)
+
+
+# --------------------------------------------------------------------------------------------- model folders
+
+
+def save_model(folder: str | os.PathLike, encoder: RegionEncoder, generator: RegionGenerator, info: dict | None = None) -> Path:
+    """An inference model folder: ``encoder/``, ``generator/`` (safetensors + config.json) and ``config.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(folder / "encoder", safe_serialization=True)
+    generator.save_pretrained(folder / "generator", safe_serialization=True)
+    meta = {"_class_name": "RegionStylizer", "image_size": encoder.config.image_size, **(info or {})}
+    tmp = folder / (MODEL_CONFIG + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, folder / MODEL_CONFIG)
+    return folder
+
+
+def find_model_folder(model: str | os.PathLike | None) -> Path:
+    """The bundled model, an inference folder, a training run (its ``model/``) or a checkpoint (its EMA nets)."""
+    if model is None:
+        folder = BUNDLED_MODEL
+        if not (folder / "encoder").is_dir():
+            raise ModelNotFoundError(f"the bundled region model is missing from {folder}; reinstall styleforge or pass --model")
+        return folder
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"region model not found: {model} (a folder written by `styleforge region train`)")
+    for candidate in (path, path / "model"):
+        if (candidate / "encoder" / "config.json").exists() and (candidate / "generator" / "config.json").exists():
+            return candidate
+        if (candidate / "encoder_ema" / "config.json").exists():
+            return candidate
+    raise ModelNotFoundError(f"{model} is not a region model folder (expected encoder/ and generator/ in it)")
+
+
+def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch.float32):
+    """(encoder, generator, info) in eval mode from :func:`find_model_folder`'s answer."""
+    folder = find_model_folder(model)
+    prefix = "_ema" if (folder / "encoder_ema").is_dir() else ""
+    try:
+        encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}")
+        generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}")
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelNotFoundError(f"could not load the region model in {folder}: {e}") from None
+    info = {}
+    if (folder / MODEL_CONFIG).exists():
+        info = json.loads((folder / MODEL_CONFIG).read_text())
+    encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    generator.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return encoder, generator, info
+
+
+# --------------------------------------------------------------------------------------------- image level
+
+
+class RegionStylizer:
+    """Region-wise photorealistic style transfer (TCP) on images.
+
+    >>> stylizer = RegionStylizer.from_pretrained()          # the bundled model
+    >>> out = stylizer("content.png", style="style.png", mask="mask.png")
+    >>> out.save("out.png")
+
+    Images are worked on at the model's training resolution (the content's shorter side is resized to it, each
+    side rounded to a multiple of the encoder's downsampling factor; the style image is centre-cropped and
+    resized to a square of that size). ``size`` picks another working resolution.
+    """
+
+    def __init__(self, encoder: RegionEncoder, generator: RegionGenerator, info: dict | None = None):
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.generator = generator.eval().requires_grad_(False)
+        self.info = dict(info or {})
+        self.image_size = int(self.info.get("image_size", encoder.config.image_size))
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike | None = None, device: str | torch.device = "auto", dtype="fp32") -> "RegionStylizer":
+        """Load the bundled model (``model=None``), a folder written by ``styleforge region train``, or a checkpoint."""
+        from ..runtime import resolve_device, resolve_dtype
+
+        encoder, generator, info = load_model(model, resolve_device(device), resolve_dtype(dtype))
+        return cls(encoder, generator, info)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        return save_model(folder, self.encoder, self.generator, self.info)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.encoder.parameters()).dtype
+
+    # ---- image preparation
+    def working_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
+        """(w, h) with the shorter side ``size`` (default: training resolution), multiples of 2^d."""
+        size = size or self.image_size
+        f = self.encoder.downsample_factor
+        min_side = 8 * f  # the style head's two valid stride-2 convs need an e map of at least 7×7
+        scale = size / min(width, height)
+        w = max(min_side, round(width * scale / f) * f)
+        h = max(min_side, round(height * scale / f) * f)
+        return w, h
+
+    def _to_tensor(self, image) -> torch.Tensor:
+        from ..io import pil_to_tensor
+
+        return pil_to_tensor(image).to(self.device, self.dtype)
+
+    def prepare_content(self, image, size: int | None = None):
+        from ..io import load_image
+
+        img = load_image(image, name="content image")
+        w, h = self.working_size(*img.size, size=size)
+        return img.resize((w, h), resample=3) if img.size != (w, h) else img
+
+    def prepare_style(self, image, size: int | None = None):
+        from ..io import center_crop_resize, load_image
+
+        return center_crop_resize(load_image(image, name="style image"), size or self.image_size)
+
+    def prepare_mask(self, mask, width: int, height: int, threshold: float = 0.5) -> torch.Tensor:
+        from ..io import load_mask
+
+        return load_mask(mask, size=(height, width), threshold=threshold, required=True).to(self.device, self.dtype)
+
+    # ---- operations on images (PIL in, PIL out)
+    def reconstruct(self, image, size: int | None = None):
+        from ..io import tensor_to_pil
+
+        x = self._to_tensor(self.prepare_content(image, size))
+        return tensor_to_pil(reconstruct(self.encoder, self.generator, x))[0]
+
+    def __call__(
+        self,
+        content,
+        style=None,
+        mask=None,
+        strength: float = 1.0,
+        paste_back: bool = False,
+        composition: str = "feature",
+        mask_resample: str = "area",
+        feather: float = 0.0,
+        size: int | None = None,
+    ):
+        """Stylize ``content``. ``style``/``mask`` may be single items or equal-length lists of (style, mask)
+        pairs applied in order; no mask means global transfer. Returns an RGB PIL image at working size."""
+        from ..io import tensor_to_pil
+
+        styles = list(style) if isinstance(style, (list, tuple)) else ([style] if style is not None else [])
+        if not styles:
+            raise InputError("at least one style image is needed")
+        if mask is None:
+            masks = [None] * len(styles)
+        else:
+            masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
+        if len(masks) != len(styles):
+            raise InputError(f"got {len(styles)} style image(s) but {len(masks)} mask(s); give one mask per style or none")
+        content_img = self.prepare_content(content, size)
+        w, h = content_img.size
+        edits = []
+        for i, (s, m) in enumerate(zip(styles, masks)):
+            style_t = self._to_tensor(self.prepare_style(s, size))
+            mask_t = self.prepare_mask(m, w, h) if m is not None else None
+            edits.append((style_t, mask_t))
+        out = apply_edits(
+            self.encoder, self.generator, self._to_tensor(content_img), edits, strength=strength, paste_back=paste_back,
+            composition=composition, mask_resample=mask_resample, feather=feather,
+        )
+        return tensor_to_pil(out)[0]
+
+    apply = __call__
+
+    def interpolate(self, source, target, alphas: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), what: str = "style", size: int | None = None):
+        """Images along the content or style interpolation from ``source`` to ``target`` (list of PIL)."""
+        from ..io import tensor_to_pil
+
+        from ..io import center_crop_resize, load_image
+
+        src = self.prepare_content(source, size)
+        # the target is cropped to the source's working size so content codes line up cell by cell
+        tgt = center_crop_resize(load_image(target, name="target image"), src.size)
+        out = interpolate(self.encoder, self.generator, self._to_tensor(src), self._to_tensor(tgt), alphas, what)
+        return tensor_to_pil(out)

@@ -1,0 +1,44 @@
+"""Device, dtype and seed handling shared by the API and the CLI."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is not available is refused."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was asked for, but MPS is not available here")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str | torch.dtype | None = "fp32") -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[(name or "fp32").lower()]
+    except KeyError:
+        raise InputError(f"unknown dtype {name!r}; use fp32, fp16 or bf16") from None
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A generator on ``device`` seeded with ``seed`` (None = nondeterministic, returns None)."""
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(int(seed))
