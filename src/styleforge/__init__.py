@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    "CrossImageAttentionPipeline": "styleforge.cross_image",
+    "InversionPipeline": "styleforge.diffusion.pipeline",
     "StyleforgeError": "styleforge.errors",
     "InputError": "styleforge.errors",
     "ModelNotFoundError": "styleforge.errors",
@@ -19,6 +21,7 @@ _EXPORTS = {
     "RegionStylizer": "styleforge.region.inference",
     "RegionEncoder": "styleforge.region.model",
     "RegionGenerator": "styleforge.region.model",
+    "Pix2PixZeroConPipeline": "styleforge.pix2pix_zerocon",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -11,7 +11,7 @@ import traceback
 from .common import HelpFormatter
 
 # (module under styleforge.cli, its subcommands register themselves). Order = order in --help.
-SUBCOMMAND_MODULES: list[str] = ["invert", "tiny_model", "region"]
+SUBCOMMAND_MODULES: list[str] = ["appearance", "invert", "tiny_model", "region", "translate", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("ignore")  # library chatter; the toolkit's own warnings still show, on one line each
+    warnings.filterwarnings("default", module=r"styleforge(\.|$)")
+    warnings.showwarning = lambda message, *a, **k: print(f"styleforge: warning: {message}", file=sys.stderr)
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
 

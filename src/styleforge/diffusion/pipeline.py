@@ -66,6 +66,18 @@ class StyleforgePipeline(DiffusionPipeline):
         return SDXL if self.text_encoder_2 is not None else SD1
 
     @property
+    def ddim_scheduler(self):
+        """A DDIM scheduler with this model's training schedule (the grid and alphas every method samples on)."""
+        from diffusers import DDIMScheduler
+
+        if isinstance(self.scheduler, DDIMScheduler):
+            return self.scheduler
+        cached = getattr(self, "_ddim", None)
+        if cached is None:
+            cached = self._ddim = DDIMScheduler.from_config(self.scheduler.config)
+        return cached
+
+    @property
     def default_resolution(self) -> int:
         """The resolution the UNet was trained at (SD 1.5: 512, SDXL: 1024)."""
         return int(self.unet.config.sample_size) * self.vae_scale_factor
@@ -141,6 +153,9 @@ def check_architecture(pipe, families: tuple[str, ...]) -> None:
     if (pipe.unet.config.addition_embed_type == "text_time") != (family == SDXL):
         raise ModelNotFoundError(f"model {name!r} has an unsupported architecture: its UNet and text encoders do not "
                                  "form a Stable Diffusion 1.x or SDXL model")
+    if getattr(pipe.scheduler.config, "prediction_type", "epsilon") != "epsilon":
+        raise ModelNotFoundError(f"model {name!r} predicts {pipe.scheduler.config.prediction_type!r}; styleforge's "
+                                 "samplers need an epsilon-prediction model (SD 1.x, SDXL base)")
     if family not in families:
         raise ModelNotFoundError(f"model {name!r} is {family.upper()}-shaped; this method supports {', '.join(f.upper() for f in families)}")
 
@@ -179,19 +194,19 @@ class InversionPipeline(StyleforgePipeline):
         if inv is None:
             x0 = self.encode_images(pixels)
             if kind == DDIM:
-                inv = ddim_invert(eps_fn, x0, self.scheduler, num_inference_steps, progress=self.progress_bar, **settings)
+                inv = ddim_invert(eps_fn, x0, self.ddim_scheduler, num_inference_steps, progress=self.progress_bar, **settings)
             else:
                 if generator is None and seed is not None:
                     generator = torch.Generator("cpu").manual_seed(seed)
-                inv = edit_friendly_invert(eps_fn, x0, self.scheduler, num_inference_steps, generator=generator, eta=eta,
+                inv = edit_friendly_invert(eps_fn, x0, self.ddim_scheduler, num_inference_steps, generator=generator, eta=eta,
                                            zero_last_noise=zero_last_noise, progress=self.progress_bar, **settings)
             if cache is not None:
                 cache.put(inv)
         x, timesteps, noise = inv.start(0)
         x = x[None].to(self.unet.device, self.unet.dtype)
         if kind == DDIM:
-            x0 = ddim_sample(eps_fn, x, self.scheduler, timesteps, num_inference_steps, progress=self.progress_bar)
+            x0 = ddim_sample(eps_fn, x, self.ddim_scheduler, timesteps, num_inference_steps, progress=self.progress_bar)
         else:
-            x0 = edit_friendly_sample(eps_fn, x, self.scheduler, timesteps, noise[:, None], num_inference_steps, eta=eta,
+            x0 = edit_friendly_sample(eps_fn, x, self.ddim_scheduler, timesteps, noise[:, None], num_inference_steps, eta=eta,
                                       progress=self.progress_bar)
         return InversionOutput(inv, self.to_pil(self.decode_latents(x0)))
