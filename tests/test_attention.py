@@ -100,3 +100,33 @@ def test_explicit_attention_matches_sdpa_and_chunks_exactly():
     for chunk in (1, 7, 20):
         assert torch.allclose(explicit_attention(q, k, v, scale, probs_fn=sharpen, chunk_size=chunk), full, atol=1e-6)
     assert torch.allclose(attention_probs(q, k, scale).sum(-1), torch.ones(2, 3, 20), atol=1e-5)
+
+
+def test_a_hook_can_replace_the_attention_map(sd1_components):
+    """A uniform map makes every query return the mean of the values; an identity edit changes nothing."""
+    unet = sd1_components["unet"]
+    name = "up_blocks.2.attentions.0.transformer_blocks.0.attn1"
+    attn = dict(unet.named_modules())[name]
+    hs = torch.randn(1, 16, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
+
+    class Edit:
+        selector = LayerSelector(places=("up",), kinds=("self",), factors=(1,))
+
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __call__(self, call):
+            call.edit_probs(self.fn)
+
+    with torch.no_grad():
+        stock = attn(hs)
+        with AttentionController(unet) as ctl:
+            ctl.add(Edit(lambda p: p))
+            same = attn(hs)
+            ctl.hooks.clear()
+            ctl.add(Edit(lambda p: torch.full_like(p, 1.0 / p.shape[-1])))
+            uniform = attn(hs)
+        v = attn.to_v(hs)
+        expected = attn.to_out[0](v.mean(dim=1, keepdim=True).expand_as(v))
+    assert torch.allclose(same, stock, atol=1e-5)
+    assert torch.allclose(uniform, expected, atol=1e-5)

@@ -8,13 +8,14 @@ id in a ``styleforge`` text chunk so a result can be reproduced.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -250,6 +251,30 @@ def _png_info(metadata: dict[str, Any] | None) -> PngImagePlugin.PngInfo:
     return info
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``, else removed.
+
+    Readers never see a half-written file, and a full disk leaves the old file (if any) intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        reason = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise OutputError(f"could not write {path}: {reason}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_image(
     image: Image.Image,
     path: str | os.PathLike,
@@ -260,21 +285,8 @@ def save_image(
 ) -> Path:
     """Write ``image`` as PNG atomically (temporary file in the same folder, fsync, rename)."""
     path = check_output_path(path, overwrite=overwrite, inputs=inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=_png_info(metadata))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        reason = "no space left on device" if e.errno == errno.ENOSPC else str(e)
-        raise OutputError(f"could not write {path}: {reason}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=_png_info(metadata))
     return path
 
 

@@ -153,3 +153,39 @@ def save_tiny_model(folder: str | Path, family: str = SD1, seed: int = 0) -> Pat
         pipe = StableDiffusionXLPipeline(**c)
     pipe.save_pretrained(folder)
     return Path(folder)
+
+
+def full_size_components(family: str = SD1, seed: int = 0) -> dict:
+    """Randomly initialised components with the real architectures (SD 1.5 or SDXL base), for benchmarks.
+
+    Random weights time exactly like trained ones; the tokenizer is the tiny local one (token ids stay below the
+    real vocabulary size), so nothing is downloaded.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                        sample_size=512 if family == SD1 else 1024, scaling_factor=0.18215 if family == SD1 else 0.13025)
+    text = lambda hidden, layers, heads, proj=False: (CLIPTextModelWithProjection if proj else CLIPTextModel)(  # noqa: E731
+        CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                       num_attention_heads=heads, max_position_embeddings=77, projection_dim=1280 if proj else 768,
+                       hidden_act="quick_gelu" if hidden == 768 else "gelu", bos_token_id=624, eos_token_id=625,
+                       pad_token_id=625)).eval()
+    if family == SD1:
+        unet = UNet2DConditionModel(
+            sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+            attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        return dict(vae=vae.eval(), unet=unet.eval(), scheduler=sd_scheduler(), tokenizer=tiny_tokenizer(),
+                    text_encoder=text(768, 12, 12))
+    unet = UNet2DConditionModel(
+        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
+        attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    return dict(vae=vae.eval(), unet=unet.eval(), scheduler=sd_scheduler(), tokenizer=tiny_tokenizer(),
+                text_encoder=text(768, 12, 12), text_encoder_2=text(1280, 32, 20, proj=True), tokenizer_2=tiny_tokenizer())

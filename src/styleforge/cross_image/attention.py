@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..diffusion.attention import AttentionCall, AttentionLayer, explicit_attention
+from ..diffusion.attention import AttentionCall, AttentionLayer, attention_probs, explicit_attention
 
 OUT, APP, STRUCT = 0, 1, 2
 
@@ -60,11 +60,12 @@ class CrossImageAttentionHook:
         source = STRUCT if state.get("inject") else APP
         out_rows = torch.arange(OUT, b, 3, device=q.device)
         src_rows = torch.arange(source, b, 3, device=q.device)
-        # plain self-attention for every row, then the OUT rows recomputed against the source image
-        result = F.scaled_dot_product_attention(q, k, v)
+        other_rows = torch.tensor([r for r in range(b) if r % 3 != OUT], device=q.device)
+        # APP and STRUCT rows: plain self-attention (fused); OUT rows: against the source image, contrasted
+        plain = F.scaled_dot_product_attention(q[other_rows], k[other_rows], v[other_rows])
         crossed = explicit_attention(q[out_rows], k[src_rows], v[src_rows], call.scale, chunk_size=self.chunk_size,
                                      probs_fn=lambda p: contrast_attention(p, self.beta, self.clip))
-        result = result.index_copy(0, out_rows, crossed.to(result.dtype))
+        result = torch.empty_like(q).index_copy(0, other_rows, plain).index_copy(0, out_rows, crossed.to(q.dtype))
         call.output = result
         if self.record:
             self.log.append((call.layer.name, "struct" if source == STRUCT else "app"))
@@ -92,7 +93,11 @@ class SegmentationCapture:
         if not call.controller.state.get("capture"):
             return
         rows = torch.tensor([APP, STRUCT], device=call.query.device)
-        maps = call.probs()[rows].mean(dim=1).detach().float()  # (2, Nq, Nk), head-averaged right away
+        q, k = call.query[rows], call.key[rows]
+        maps = 0
+        for h in range(q.shape[1]):  # one head at a time: peak memory of one (2, Nq, Nk) map, not all heads'
+            maps = maps + attention_probs(q[:, h], k[:, h], call.scale).float()
+        maps = maps / q.shape[1]
         if call.layer.kind == "self":
             self.self_maps = maps
         else:

@@ -218,7 +218,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
                 freeu_handle.disable()
 
         if not torch.isfinite(latents).all():
-            raise InputError("the transfer produced NaN values (fp16 overflow?): try dtype fp32 or bf16")
+            raise InputError("the transfer produced NaN values (an empty AdaIN mask with mask_fallback=None, or fp16 "
+                             "overflow: try dtype fp32 or bf16)")
         if output_type == "latent":
             images = list(latents)
         else:

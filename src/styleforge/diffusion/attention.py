@@ -3,7 +3,7 @@
 :class:`AttentionController` installs one :class:`ControlledAttnProcessor` on every ``Attention`` module of a
 UNet. Each processor computes queries, keys and values exactly as diffusers' ``AttnProcessor2_0`` does, then
 hands them to the hooks whose selector picks that layer. A hook may read or replace ``query``/``key``/``value``,
-look at the attention map, or set the output itself. With no hook the processor is the stock computation
+read the attention map (``call.probs()``), replace it (``call.edit_probs(fn)``), or set the output itself. With no hook the processor is the stock computation
 (fused SDPA), so the UNet's output is unchanged.
 
 Layers are chosen by role (``down``/``mid``/``up``, ``self``/``cross``) and by their resolution *relative to the
@@ -98,10 +98,26 @@ class AttentionCall:
         self.attention_mask: torch.Tensor | None = attention_mask
         self.controller: AttentionController = controller
         self.output: torch.Tensor | None = None  # set by a hook to replace the attention result (B, heads, Nq, dim)
+        self.probs_edits: list[Callable[[torch.Tensor], torch.Tensor]] = []
 
     @property
     def scale(self) -> float:
         return self.attn.scale
+
+    def edit_probs(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the attention map by ``fn(map)`` (B, heads, Nq, Nk) before it multiplies the values.
+
+        Edits from several hooks compose in order. The product is then computed explicitly (not fused).
+        """
+        self.probs_edits.append(fn)
+
+    def _edited_output(self) -> torch.Tensor:
+        def apply(p):
+            for fn in self.probs_edits:
+                p = fn(p)
+            return p
+
+        return explicit_attention(self.query, self.key, self.value, self.scale, mask=self.attention_mask, probs_fn=apply)
 
     def probs(self) -> torch.Tensor:
         """The post-softmax map (B, heads, Nq, Nk) for the current query and key."""
@@ -186,6 +202,8 @@ class ControlledAttnProcessor:
             call = AttentionCall(self.layer, attn, query, key, value, attention_mask, self.controller)
             for hook in hooks:
                 hook(call)
+            if call.output is None and call.probs_edits:
+                call.output = call._edited_output()
             query, key, value, out = call.query, call.key, call.value, call.output
         if out is None:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,

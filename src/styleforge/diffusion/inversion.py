@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError, OutputError
+from ..errors import InputError
+from ..io import atomic_write
 from .sampling import EpsFn, alpha_bar, alpha_pair, ddim_step, ddpm_mean, ddpm_variance, step_ratio
 
 DDIM = "ddim"
@@ -64,15 +64,8 @@ class Inversion:
         if self.noise is not None:
             tensors["noise"] = self.noise.contiguous().cpu()
         meta = {"styleforge_inversion": json.dumps(self.settings(), default=str)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except OSError as e:
-            Path(tmp).unlink(missing_ok=True)
-            raise OutputError(f"could not write inversion {path}: {e.strerror or e}") from None
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
     @classmethod
