@@ -1,0 +1,530 @@
+"""pix2pix-zeroCon (Si et al., arXiv 2503.20484): pix2pix-zero with a patch-wise contrastive guidance term.
+
+The edit, as in the paper's Algorithm 1 (spec §3):
+
+1. caption the image (BLIP, Eq. 11) and encode it: c = E(P);
+2. DDIM-invert its latent to x_T under c (Eq. 9-10), regularising every predicted noise map (pix2pix-zero);
+3. build the edit direction delta_c from sentence banks (Eq. 12, target minus source); c_hat = c + w delta_c;
+4. denoise twice from x_T: the reference trajectory with c, recording cross-attention maps M_t and patch features
+   h_t; the edited trajectory with c_hat, where at every step the latent takes one gradient step on
+   L_t = lambda_c L_c + lambda_e L_e (Eq. 14-17) with rate lambda (Eq. 18) before its DDIM update.
+
+With lambda_e = 0 this is pix2pix-zero. Two guidance modes (spec §3.6): ``"p2pzero_code"`` (default; the official
+code: the latent is duplicated for the two CFG branches, both copies are guided, the negative-prompt copy is
+stepped) and ``"paper"`` (Algorithm 1 literally: one latent, guided by the conditional branch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..diffusion.attention import AttentionController
+from ..diffusion.inversion import ddim_invert
+from ..diffusion.pipeline import SD1, StyleforgePipeline
+from ..diffusion.prompts import Conditioning
+from ..diffusion.sampling import alpha_pair, ddim_step, noise_predictor, step_ratio, timesteps_for
+from ..errors import InputError
+from ..io import ImageLike, atomic_write, load_image
+from ..loading import DEFAULT_SD1_MODEL
+from .captioning import Captioner, resolve_caption
+from .directions import (EditDirection, EmbeddingCache, SentenceSource, apply_direction, as_sentences,
+                         direction_from_embeddings, direction_from_sentences, load_embedding, resolve_sentence_source,
+                         warn_if_few, DEFAULT_NUM_SENTENCES)
+from .guidance import CUT_LAYER_SETS, GuidanceProbe, ReferenceStep
+from .losses import PatchNCESettings, RegularizerSettings, regularize_noise
+
+GUIDANCE_MODES = ("p2pzero_code", "paper")
+INVERSION_GRIDS = ("symmetric", "p2pzero")
+REFERENCE_MODES = ("interleaved", "stored")
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+
+@dataclass
+class Pix2PixZeroConOutput:
+    images: Any  # edited images: PIL list, (B, H, W, 3) float array in [0, 1], or latents
+    reconstruction: Any  # the reference trajectory's result, same type
+    caption: str  # the caption P the image was inverted and reconstructed with
+    inverted_latent: torch.Tensor  # x_T, (1, 4, h, w)
+    edit_direction: EditDirection  # delta_c, (1, 77, D)
+    edited_latent: torch.Tensor  # the edited x_0 latent
+    log: list[dict] | None = None  # per step: losses, gradient norms, reference entries still held
+    params: dict = field(default_factory=dict)  # every setting, for metadata
+
+
+class Pix2PixZeroConPipeline(StyleforgePipeline):
+    """Text-guided image-to-image translation with cross-attention and patch-wise contrastive guidance."""
+
+    default_model = DEFAULT_SD1_MODEL
+    supported_families = (SD1,)
+
+    # ------------------------------------------------------------------------------------------- public API
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageLike,
+        *,
+        # the edit: words, prompts, a ready direction, two mean embeddings, or two sentence banks
+        source: str | None = None,
+        target: str | None = None,
+        source_prompt: str | None = None,
+        target_prompt: str | None = None,
+        direction: EditDirection | torch.Tensor | str | os.PathLike | None = None,
+        source_embedding: torch.Tensor | str | os.PathLike | None = None,
+        target_embedding: torch.Tensor | str | os.PathLike | None = None,
+        source_sentences: Sequence[str] | str | os.PathLike | None = None,
+        target_sentences: Sequence[str] | str | os.PathLike | None = None,
+        sentence_source: str | SentenceSource | None = None,
+        num_sentences: int = DEFAULT_NUM_SENTENCES,
+        direction_cache: EmbeddingCache | bool | None = None,
+        edit_multiplier: float = 1.0,
+        # the caption
+        caption: str | None = None,
+        captioner: Captioner | str | None = "auto",
+        # sampling and guidance
+        num_inference_steps: int = 50,
+        guidance_lr: float = 0.1,
+        lambda_xa: float = 1.0,
+        lambda_cut: float = 1.0,
+        cfg_scale: float = 5.0,
+        negative_prompt: str | None = None,
+        guidance_mode: str = "p2pzero_code",
+        update_latent_before_step: bool = True,
+        guided_step_range: tuple[float, float] = (0.0, 1.0),
+        cut_layers: str = "down_attn1",
+        cut_num_patches: int = 256,
+        cut_patch_sizes: Sequence[int] = (1, 2),
+        cut_tau: float = 0.07,
+        # inversion
+        inversion_grid: str = "symmetric",
+        reg_lambda_ac: float = 20.0,
+        reg_lambda_kl: float = 20.0,
+        reg_steps: int = 5,
+        reg_rolls: int = 5,
+        vae_sample: bool = False,
+        inverted_latent: torch.Tensor | None = None,
+        # runtime
+        size: int | tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        reference_mode: str = "interleaved",
+        offload_reference: bool = False,
+        return_log: bool = False,
+        callback: Callable[[int, int, dict], None] | None = None,
+        output_type: str = "pil",
+    ) -> Pix2PixZeroConOutput:
+        """Edit ``image``. See the module docstring for the algorithm and spec §3.8 for the defaults.
+
+        ``negative_prompt=None`` uses the caption (pix2pix-zero's real-image mode; the reference pass's CFG then
+        collapses to the conditional noise). ``guidance_lr`` is lambda of Eq. 18, ``lambda_xa``/``lambda_cut`` are
+        lambda_c/lambda_e of Eq. 17; ``lambda_cut=0`` is pix2pix-zero. ``reference_mode="interleaved"`` runs each
+        reference step just before the guided step that needs it (one step of maps in memory);
+        ``"stored"`` runs the whole reference pass first (optionally keeping its records on the CPU with
+        ``offload_reference``); both give identical results. ``inverted_latent`` reuses an x_T from an earlier call
+        (``output.inverted_latent``, same caption and steps). ``callback(step, t, info)`` is called after every edit
+        step with the log entry plus ``latent`` (the edited latent), ``reference_latent``, ``guided_copies`` (the
+        latent copies after the gradient step, None when unguided) and ``stepped_from`` (what the DDIM step started
+        from). Randomness (VAE sampling, roll offsets, patch ids) comes from ``generator`` or ``seed``.
+        """
+        _check_choice("guidance_mode", guidance_mode, GUIDANCE_MODES)
+        _check_choice("inversion_grid", inversion_grid, INVERSION_GRIDS)
+        _check_choice("reference_mode", reference_mode, REFERENCE_MODES)
+        _check_choice("output_type", output_type, OUTPUT_TYPES)
+        _check_choice("cut_layers", cut_layers, tuple(CUT_LAYER_SETS))
+        if num_inference_steps < 1:
+            raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if inversion_grid == "p2pzero" and num_inference_steps < 3:
+            raise InputError("the p2pzero inversion grid drops two steps, so it needs num_inference_steps >= 3")
+        for name, value in (("guidance_lr", guidance_lr), ("lambda_xa", lambda_xa), ("lambda_cut", lambda_cut),
+                            ("reg_lambda_ac", reg_lambda_ac), ("reg_lambda_kl", reg_lambda_kl)):
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be a finite number >= 0, got {value}")
+        start, end = guided_step_range
+        if not 0 <= start <= end <= 1:
+            raise InputError(f"guided_step_range must be fractions 0 <= start <= end <= 1, got {guided_step_range}")
+        nce = PatchNCESettings(int(cut_num_patches), tuple(int(p) for p in cut_patch_sizes), float(cut_tau))
+        reg = RegularizerSettings(float(reg_lambda_ac), float(reg_lambda_kl), int(reg_steps), int(reg_rolls))
+        if generator is None:
+            generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else torch.Generator("cpu")
+            if seed is None:
+                generator.seed()
+        # two CPU streams seeded from the caller's generator: the regulariser's roll offsets and the patch ids; a
+        # reused inversion then leaves the patch ids (and so the edit) exactly as a fresh one would
+        inversion_seed, patch_seed = torch.randint(0, 2 ** 62, (2,), generator=generator, device=generator.device).tolist()
+        inversion_generator = torch.Generator("cpu").manual_seed(inversion_seed)
+        patch_generator = torch.Generator("cpu").manual_seed(patch_seed)
+
+        # 1. image and caption (Eq. 11)
+        pil = load_image(image)
+        pixels = self.preprocess(pil, self.working_size(pil.size, size))
+        if caption is None and source_prompt is not None:
+            caption = source_prompt  # a prompt edit describes the input with its source prompt
+        caption = resolve_caption(pil, caption, captioner, device=self.unet.device)
+        cond = self.encode_prompt(caption)
+
+        # 2. edit direction (Eq. 12) and the edited embedding c_hat = c + w delta_c, on the conditional branch only
+        delta = self.build_direction(source=source, target=target, source_prompt=source_prompt,
+                                     target_prompt=target_prompt, direction=direction,
+                                     source_embedding=source_embedding, target_embedding=target_embedding,
+                                     source_sentences=source_sentences, target_sentences=target_sentences,
+                                     sentence_source=sentence_source, num_sentences=num_sentences, cache=direction_cache)
+        edited = Conditioning(apply_direction(cond.embeds, delta, edit_multiplier))
+        negative = cond if negative_prompt is None else self.encode_prompt(negative_prompt, negative=True)
+
+        # 3. inversion (Eq. 9-10 with pix2pix-zero's noise regulariser)
+        if inverted_latent is None:
+            x0 = self.encode_images(pixels, generator=generator, sample=vae_sample)
+            x_T = self.invert(x0, cond, num_inference_steps, grid=inversion_grid, regularizer=reg,
+                              generator=inversion_generator)
+        else:
+            x_T = self._check_latent(inverted_latent, pixels)
+        # one memory layout whatever produced x_T: conv kernels round differently on channels-last tensors
+        x_T = x_T.contiguous()
+
+        # 4. reference and guided edit passes (Alg. 1)
+        sampler = _EditSampler(self, cond=cond, edited=edited, negative=negative, cfg_scale=float(cfg_scale),
+                               guidance_lr=float(guidance_lr), lambda_xa=float(lambda_xa),
+                               lambda_cut=float(lambda_cut), mode=guidance_mode,
+                               update_latent_before_step=update_latent_before_step, step_range=(start, end),
+                               cut_layers=cut_layers, nce=nce, generator=patch_generator, log=return_log,
+                               callback=callback, store_device="cpu" if offload_reference else None)
+        edited_latent, reference_latent, log = sampler.run(x_T, num_inference_steps, reference_mode)
+
+        params = dict(caption=caption, edit=delta.info(), edit_multiplier=edit_multiplier,
+                      num_inference_steps=num_inference_steps, guidance_lr=guidance_lr, lambda_xa=lambda_xa,
+                      lambda_cut=lambda_cut, cfg_scale=cfg_scale, negative_prompt=negative_prompt,
+                      guidance_mode=guidance_mode, update_latent_before_step=update_latent_before_step,
+                      guided_step_range=[start, end], cut_layers=cut_layers, cut_num_patches=nce.num_patches,
+                      cut_patch_sizes=list(nce.patch_sizes), cut_tau=nce.tau, inversion_grid=inversion_grid,
+                      reg_lambda_ac=reg.lambda_ac, reg_lambda_kl=reg.lambda_kl, reg_steps=reg.steps,
+                      reg_rolls=reg.rolls, vae_sample=vae_sample, seed=seed,
+                      size=list(pixels.shape[-2:][::-1]), reference_mode=reference_mode)
+        return Pix2PixZeroConOutput(self._output(edited_latent, output_type), self._output(reference_latent, output_type),
+                                    caption, x_T.detach().cpu(), delta, edited_latent.detach().cpu(), log, params)
+
+    # ------------------------------------------------------------------------------------------- directions
+
+    def encode_sentences(self, sentences: list[str]) -> torch.Tensor:
+        """E(sentences): the text encoder's last hidden state, (B, 77, D)."""
+        return self.prompt_encoder(sentences).embeds
+
+    def build_direction(self, *, source=None, target=None, source_prompt=None, target_prompt=None, direction=None,
+                        source_embedding=None, target_embedding=None, source_sentences=None, target_sentences=None,
+                        sentence_source: str | SentenceSource | None = None, num_sentences: int = DEFAULT_NUM_SENTENCES,
+                        cache: EmbeddingCache | bool | None = None) -> EditDirection:
+        """delta_c from exactly one kind of edit (spec §3.4); sentence banks override the generator's sentences."""
+        given = {"words": source is not None or target is not None,
+                 "prompts": source_prompt is not None or target_prompt is not None,
+                 "direction": direction is not None,
+                 "embeddings": source_embedding is not None or target_embedding is not None}
+        kinds = [k for k, v in given.items() if v]
+        if len(kinds) > 1:
+            raise InputError(f"give one edit, not several: got {' and '.join(kinds)}")
+        banks = source_sentences is not None or target_sentences is not None
+        if (given["direction"] or given["embeddings"]) and banks:
+            raise InputError("sentence lists build a direction; they cannot be combined with a ready direction or embeddings")
+        width = self.text_encoder.config.hidden_size
+
+        if given["direction"]:
+            d = direction if isinstance(direction, EditDirection) else (
+                EditDirection(direction, source="tensor") if isinstance(direction, torch.Tensor) else EditDirection.load(direction))
+            return _check_width(d, width)
+        if given["embeddings"]:
+            if source_embedding is None or target_embedding is None:
+                raise InputError("an embedding edit needs both a source and a target embedding")
+            src = source_embedding if isinstance(source_embedding, torch.Tensor) else load_embedding(source_embedding, what="source embedding")
+            tgt = target_embedding if isinstance(target_embedding, torch.Tensor) else load_embedding(target_embedding, what="target embedding")
+            return _check_width(direction_from_embeddings(src, tgt, source=_describe(source_embedding),
+                                                          target=_describe(target_embedding)), width)
+
+        labels = (source, target) if given["words"] else (source_prompt, target_prompt)
+        if banks:
+            if source_sentences is None or target_sentences is None:
+                raise InputError("a sentence-bank edit needs both a source and a target sentence list")
+            src_s, tgt_s = as_sentences(source_sentences, "source"), as_sentences(target_sentences, "target")
+            labels = (labels[0] or _describe(source_sentences), labels[1] or _describe(target_sentences))
+        elif given["words"] or given["prompts"]:
+            if labels[0] is None or labels[1] is None or not labels[0].strip() or not labels[1].strip():
+                what = "source and target words" if given["words"] else "source and target prompts"
+                raise InputError(f"a {'word' if given['words'] else 'prompt'} edit needs both {what}")
+            make = resolve_sentence_source(sentence_source or ("template" if given["words"] else "single"))
+            src_s, tgt_s = make(labels[0], num_sentences), make(labels[1], num_sentences)
+        else:
+            raise InputError("no edit given: pass source/target words (cat, dog), source/target prompts, "
+                             "a direction, two mean embeddings, or two sentence lists")
+        for sentences, what in ((src_s, "source"), (tgt_s, "target")):
+            message = warn_if_few(sentences, what)
+            if message:
+                warnings.warn(message, stacklevel=2)
+        if cache is None or cache is True:
+            # components built in code have no stable id to key a cache with
+            cache = EmbeddingCache() if self.model_id != "components" else None
+        elif cache is False:
+            cache = None
+        d = direction_from_sentences(self.encode_sentences, src_s, tgt_s, model_id=self.model_id, cache=cache,
+                                     source=labels[0] or "", target=labels[1] or "")
+        return _check_width(d, width)
+
+    # ------------------------------------------------------------------------------------------- inversion
+
+    @torch.no_grad()
+    def invert(self, x0: torch.Tensor, cond: Conditioning, num_inference_steps: int, *, grid: str = "symmetric",
+               regularizer: RegularizerSettings = RegularizerSettings(),
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_T by deterministic DDIM inversion without CFG, every noise prediction regularised (spec §3.2-3.3).
+
+        ``"symmetric"``: the shared inversion's grid, the exact inverse of the sampler's; ``"p2pzero"``: the official
+        code's grid (N - 2 UNet calls, the clean latent treated as level t = k, ending one training step below the
+        sampler's first level), for parity runs.
+        """
+        unet_eps = noise_predictor(self.unet, cond)
+
+        def eps_fn(x, t):
+            return regularize_noise(unet_eps(x, t), regularizer, generator=generator)
+
+        if grid == "symmetric":
+            inv = ddim_invert(eps_fn, x0, self.ddim_scheduler, num_inference_steps, progress=self.progress_bar)
+            return inv.latents[:1]
+        ratio = step_ratio(self.ddim_scheduler, num_inference_steps)
+        alphas = self.ddim_scheduler.alphas_cumprod
+        x = x0
+        for t in self.progress_bar(timesteps_for(self.ddim_scheduler, num_inference_steps).flip(0)[1:-1]):
+            # the official inverse scheduler reads alpha-bar at t - 1 and moves one grid step up
+            a_from, a_to = alphas[int(t) - 1], alphas[int(t) - 1 + ratio]
+            x = ddim_step(x, eps_fn(x, t), a_from.to(x.device), a_to.to(x.device))
+        return x
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the UNet's total downsampling (SD: 64)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    def working_size(self, image_size: tuple[int, int], size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+        """(w, h): the long side scaled to the model's resolution, both sides rounded down to ``size_multiple``
+        (spec §8.21), or a requested size, which must already be a multiple."""
+        m = self.size_multiple
+        if size is None:
+            w, h = image_size
+            scale = self.default_resolution / max(w, h)
+            return max(m, int(w * scale) // m * m), max(m, int(h * scale) // m * m)
+        w, h = (size, size) if isinstance(size, int) else tuple(size)
+        if w <= 0 or h <= 0 or w % m or h % m:
+            raise InputError(f"the working size must be positive multiples of {m} for this model, got {w}x{h}")
+        return int(w), int(h)
+
+    def _check_latent(self, latent: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        expected = (1, self.unet.config.in_channels, pixels.shape[-2] // self.vae_scale_factor,
+                    pixels.shape[-1] // self.vae_scale_factor)
+        if tuple(latent.shape) != expected:
+            raise InputError(f"the inverted latent has shape {tuple(latent.shape)}, expected {expected} for this image size")
+        return latent.to(self.unet.device, self.unet.dtype)
+
+    def _output(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
+        images = self.decode_latents(latents)
+        if output_type == "np":
+            return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        return self.to_pil(images)
+
+
+def save_inversion(path: str | os.PathLike, output: Pix2PixZeroConOutput) -> Path:
+    """Write x_T with the caption and settings it was inverted with (safetensors, atomic), for editing it again."""
+    from safetensors.torch import save_file
+
+    keys = ("num_inference_steps", "inversion_grid", "reg_lambda_ac", "reg_lambda_kl", "reg_steps", "reg_rolls",
+            "vae_sample", "seed", "size")
+    info = {"caption": output.caption, **{k: output.params.get(k) for k in keys}}
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        save_file({"inverted_latent": output.inverted_latent.contiguous().cpu()}, str(tmp),
+                  metadata={"styleforge_pix2pix_inversion": json.dumps(info, default=str)})
+    return path
+
+
+def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
+    """x_T and its settings from a file written by :func:`save_inversion`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"inversion file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {})["styleforge_pix2pix_inversion"])
+            latent = f.get_tensor("inverted_latent")
+    except Exception:
+        raise InputError(f"not a pix2pix-zeroCon inversion file: {path} (write one with --save-inversion)") from None
+    return latent, info
+
+
+class _EditSampler:
+    """The two denoising passes of Alg. 1: reference (records) and edit (guided), sharing one attention controller."""
+
+    def __init__(self, pipe: Pix2PixZeroConPipeline, *, cond, edited, negative, cfg_scale, guidance_lr, lambda_xa,
+                 lambda_cut, mode, update_latent_before_step, step_range, cut_layers, nce, generator, log, callback,
+                 store_device):
+        self.pipe, self.unet, self.scheduler = pipe, pipe.unet, pipe.ddim_scheduler  # any SD scheduler config, sampled on the DDIM grid
+        self.cond, self.edited, self.negative = cond, edited, negative
+        self.cfg_scale, self.use_cfg = cfg_scale, cfg_scale > 1.0
+        self.lr, self.lambda_xa, self.lambda_cut = guidance_lr, lambda_xa, lambda_cut
+        self.mode, self.update_before = mode, update_latent_before_step
+        self.step_range, self.cut_layers, self.nce = step_range, cut_layers, nce
+        self.generator, self.want_log, self.callback, self.store_device = generator, log, callback, store_device
+        # no gradient at all when it would be multiplied by zero (spec §3.9: avoids 0 * NaN and the work)
+        self.guiding = guidance_lr > 0 and (lambda_xa > 0 or lambda_cut > 0)
+
+    # ------------------------------------------------------------------------------------------- noise
+
+    def _unet(self, x: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=embeds).sample
+
+    def _cfg_eps(self, x_uncond: torch.Tensor, x_cond: torch.Tensor, t, cond: Conditioning) -> torch.Tensor:
+        """eps_u + s (eps_c - eps_u) in one batched call, each branch at its own latent (or eps_c without CFG)."""
+        if not self.use_cfg:
+            return self._unet(x_cond, t, cond.embeds)
+        e_u, e_c = self._unet(torch.cat([x_uncond, x_cond]), t, torch.cat([self.negative.embeds, cond.embeds])).chunk(2)
+        return e_u + self.cfg_scale * (e_c - e_u)
+
+    # ------------------------------------------------------------------------------------------- passes
+
+    def run(self, x_T: torch.Tensor, num_inference_steps: int, reference_mode: str):
+        timesteps = timesteps_for(self.scheduler, num_inference_steps)
+        n = len(timesteps)
+        first, last = (round(f * n) for f in self.step_range)
+        guided = [self.guiding and first <= i < last for i in range(n)]
+        controller = AttentionController(self.unet)
+        probe = None
+        if any(guided):
+            latent_hw = tuple(x_T.shape[-2:])
+            probe = GuidanceProbe(controller, record_maps=self.lambda_xa > 0,
+                                  cut_layers=self.cut_layers if self.lambda_cut > 0 else None, nce=self.nce,
+                                  latent_hw=latent_hw, generator=self.generator, store_device=self.store_device)
+        log = [] if self.want_log else None
+        x_ref, x_edit = x_T, x_T
+        # gradients flow to the latent only: frozen weights keep autograd from saving what their gradients would need
+        trainable = [p for p in self.unet.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        try:
+            with controller:
+                pending: dict[int, ReferenceStep] = {}
+                if reference_mode == "stored":  # the whole reference pass first (Alg. 1 lines 2-7)
+                    for i, t in enumerate(self.pipe.progress_bar(timesteps)):
+                        x_ref = self._reference_step(x_ref, t, num_inference_steps, probe if guided[i] else None, pending, i)
+                for i, t in enumerate(self.pipe.progress_bar(timesteps)):
+                    if reference_mode == "interleaved":
+                        x_ref = self._reference_step(x_ref, t, num_inference_steps, probe if guided[i] else None, pending, i)
+                    reference = pending.pop(i, None)
+                    x_edit, entry, tensors = self._edit_step(x_edit, t, num_inference_steps,
+                                                             probe if guided[i] else None, reference)
+                    del reference  # this step's maps and patches are no longer needed
+                    entry.update(step=i, t=int(t), reference_steps_held=len(pending))
+                    if log is not None:
+                        log.append(entry)
+                    if self.callback is not None:
+                        self.callback(i, int(t), dict(entry, latent=x_edit, reference_latent=x_ref, **tensors))
+        finally:
+            if probe is not None:
+                probe.close()
+            for p in trainable:
+                p.requires_grad_(True)
+        return x_edit, x_ref, log
+
+    @torch.no_grad()
+    def _reference_step(self, x, t, num_inference_steps, probe, pending, i):
+        """Denoise the reference latent one step with c, recording this step's maps and patches when guided."""
+        if probe is not None:
+            pending[i] = ReferenceStep()
+            probe.record(pending[i])
+        eps = self._cfg_eps(x, x, t, self.cond)
+        if probe is not None:
+            probe.off()
+        a_t, a_prev = alpha_pair(self.scheduler, t, num_inference_steps)
+        return ddim_step(x, eps, a_t.to(x.device), a_prev.to(x.device))
+
+    def _edit_step(self, x, t, num_inference_steps, probe, reference):
+        a_t, a_prev = (a.to(x.device) for a in alpha_pair(self.scheduler, t, num_inference_steps))
+        entry: dict[str, Any] = {"guided": probe is not None}
+        if probe is None:  # plain DDIM with c_hat (also pix2pix-zero's ablation "delta_c only")
+            with torch.no_grad():
+                eps = self._cfg_eps(x, x, t, self.edited)
+            return ddim_step(x, eps, a_t, a_prev), entry, {"guided_copies": None, "stepped_from": x}
+
+        both_copies = self.mode == "p2pzero_code" and self.use_cfg
+        if both_copies:  # the official code: X = [x; x] under [c_neg; c_hat], compared with both reference halves
+            X, embeds, rows = torch.cat([x, x]), torch.cat([self.negative.embeds, self.edited.embeds]), [0, 1]
+        else:  # Alg. 1: one latent under c_hat, compared with the conditional reference half
+            X, embeds, rows = x, self.edited.embeds, [1 if self.use_cfg else 0]
+        X = X.detach().requires_grad_(True)
+        with torch.enable_grad():
+            probe.compare(reference, rows)
+            self._unet(X, t, embeds)
+            probe.off()
+            grad, entry_losses = self._gradient(X, probe)
+        entry.update(entry_losses)
+        X_new = (X - self.lr * grad).detach()  # Eq. 18: one SGD step of rate lambda per timestep
+        with torch.no_grad():
+            if both_copies:  # each CFG branch at its own copy; the negative-prompt copy carries on
+                eps = self._cfg_eps(X_new[:1], X_new[1:], t, self.edited)
+                start = X_new[:1]
+            else:
+                eps = self._cfg_eps(X_new, X_new, t, self.edited)
+                # Eq. 18 and the code step from the updated latent; Alg. 1 line 16 read literally does not
+                start = X_new if self.update_before else x
+        return ddim_step(start, eps, a_t, a_prev), entry, {"guided_copies": X_new, "stepped_from": start}
+
+    def _gradient(self, X: torch.Tensor, probe: GuidanceProbe):
+        """grad_X of L_t = lambda_c L_c + lambda_e L_e (Eq. 17); per-term norms too when a log is wanted."""
+        terms = [(w, loss) for w, loss in ((self.lambda_xa, probe.loss_xa), (self.lambda_cut, probe.loss_cut))
+                 if w > 0 and loss is not None]
+        info = {"loss_xa": _item(probe.loss_xa), "loss_cut": _item(probe.loss_cut)}
+        info["loss"] = sum(w * float(loss.detach()) for w, loss in terms)
+        if not terms:
+            return torch.zeros_like(X), info
+        if self.want_log and len(terms) > 1:
+            # an extra backward per term, so the two terms' gradient norms can be compared (lambda_e calibration);
+            # the step still uses the combined gradient below, so logging does not change the result
+            names = [n for n, w in (("xa", self.lambda_xa), ("cut", self.lambda_cut)) if w > 0]
+            for name, (w, loss) in zip(names, terms):
+                (g,) = torch.autograd.grad(loss, X, retain_graph=True)
+                info[f"grad_norm_{name}"] = float((w * g).norm())
+        (grad,) = torch.autograd.grad(sum(w * loss for w, loss in terms), X)
+        info["grad_norm"] = float(grad.norm())
+        probe.loss_xa = probe.loss_cut = None
+        return grad, info
+
+
+def _item(x) -> float | None:
+    return None if x is None else float(x.detach())
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _check_width(d: EditDirection, width: int) -> EditDirection:
+    if d.delta.shape[-1] != width:
+        raise InputError(f"the edit direction has width {d.delta.shape[-1]} but this model's text encoder has "
+                         f"{width}; it was made for another model")
+    return d
+
+
+def _describe(value) -> str:
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return "tensor"
+    return f"{len(value)} sentences"
