@@ -48,13 +48,21 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
-def int_pair(value: str) -> tuple[int, int]:
-    """``"10,90"`` -> (10, 90): a half-open iteration window."""
-    try:
-        a, b = (int(x) for x in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two integers as START,END, got {value!r}") from None
-    return a, b
+def pair_of(cast, what: str):
+    """An argparse type for ``"A,B"`` -> (cast(A), cast(B)), e.g. an iteration window ``"10,90"``."""
+
+    def parse(value: str):
+        try:
+            a, b = (cast(x) for x in value.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected two {what} as START,END, got {value!r}") from None
+        return a, b
+
+    return parse
+
+
+int_pair = pair_of(int, "integers")
+fraction_pair = pair_of(float, "fractions")
 
 
 def load_pipeline(cls, args):

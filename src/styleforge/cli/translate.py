@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common_args, add_subcommand, str2bool
-
-
-def _fractions(value: str) -> tuple[float, float]:
-    try:
-        a, b = (float(x) for x in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two fractions as START,END, got {value!r}") from None
-    return a, b
+from .common import add_common_args, add_subcommand, fraction_pair, str2bool
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -58,7 +50,7 @@ def register(sub) -> None:
     g.add_argument("--guidance-mode", choices=("p2pzero_code", "paper"), default="p2pzero_code",
                    help="official code (both CFG copies guided, the negative copy stepped) or Algorithm 1 (one latent, conditional branch)")
     g.add_argument("--update-latent-before-step", type=str2bool, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
-    g.add_argument("--guided-steps", type=_fractions, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
+    g.add_argument("--guided-steps", type=fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
     g.add_argument("--cut-layers", choices=("down_attn1", "up_attn1", "all_attn1", "down_resnet"), default="down_attn1",
                    help="PatchNCE feature layers: encoder self-attention, decoder self-attention (CDS), all, encoder ResNets")
     g.add_argument("--cut-num-patches", type=int, default=256, help="patches S per layer and patch size")
