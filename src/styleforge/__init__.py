@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CrossImageAttentionPipeline": "styleforge.cross_image",
     "InversionPipeline": "styleforge.diffusion.pipeline",
+    "OSASISPipeline": "styleforge.osasis",
+    "OSASISTrainer": "styleforge.osasis",
     "StyleforgeError": "styleforge.errors",
     "InputError": "styleforge.errors",
     "ModelNotFoundError": "styleforge.errors",
@@ -21,7 +23,11 @@ _EXPORTS = {
     "RegionStylizer": "styleforge.region.inference",
     "RegionEncoder": "styleforge.region.model",
     "RegionGenerator": "styleforge.region.model",
+    "register_method": "styleforge.compare",
     "Pix2PixZeroConPipeline": "styleforge.pix2pix_zerocon",
+    "PairCustomizationPipeline": "styleforge.pair_customization",
+    "PairCustomizationTrainer": "styleforge.pair_customization",
+    "PairCustomizationConfig": "styleforge.pair_customization",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
