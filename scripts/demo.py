@@ -1,29 +1,16 @@
-"""The README's main job. Runs offline, writes into outputs/demo/.
+"""The README's main job: region-wise stylization with the model bundled in the package, offline.
 
-For now it runs the shared inversion machinery on a tiny, randomly initialised SD-shaped model (so the result
-is noise-like by design): it shows the whole path (model folder -> CLI -> inversion file -> reconstruction PNG)
-working without any downloaded weights.
+Restyles the meadow of examples/content_landscape.png (examples/mask_meadow.png) with the look of the coffee photo
+and writes outputs/demo/region_landscape.png and its side-by-side strip (content | style | mask | result).
 """
 
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from styleforge.cli.main import main
 
-out = Path("outputs/demo")
-out.mkdir(parents=True, exist_ok=True)
-model = out / "tiny-sd1"
-if not (model / "model_index.json").exists():
-    assert main(["tiny-model", str(model)]) == 0
-image = out / "input.png"
-if not image.exists():
-    rng = np.random.RandomState(0)
-    Image.fromarray((rng.rand(64, 64, 3) * 255).astype(np.uint8)).save(image)
-code = main(["invert", str(image), "--model", str(model), "--prompt", "a photo of a cat", "--steps", "10",
-             "-o", str(out / "input.inversion.safetensors"), "--reconstruction", str(out / "input.recon.png"),
-             "--overwrite", "--no-cache"])
-print("tiny random model: the reconstruction is noise-like by design" if code == 0 else "demo failed")
-sys.exit(code)
+examples = Path(__file__).resolve().parent.parent / "examples"
+out = Path("outputs/demo/region_landscape.png")
+sys.exit(main(["region", "apply", "--content", str(examples / "content_landscape.png"),
+               "--style", str(examples / "style_coffee.png"), "--mask", str(examples / "mask_meadow.png"),
+               "-o", str(out), "--offline", "--overwrite"]))

@@ -97,6 +97,28 @@ def test_resume_equals_an_uninterrupted_run(data_folder, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_interrupt_saves_a_checkpoint_and_resume_rewrites_the_log(data_folder, tmp_path):
+    import json
+
+    trainer = RegionTrainer(_config(data_folder, tmp_path, iterations=6, log_every=1))
+    original = trainer.train_step
+
+    def interrupted(step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(step)
+
+    trainer.train_step = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+    with open(tmp_path / "run" / "log.jsonl", "a") as f:  # a line from work that the checkpoint does not hold
+        f.write(json.dumps({"step": 4, "rec": 0.0}) + "\n")
+    train(_config(data_folder, tmp_path, iterations=6, log_every=1, resume="latest"))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
 def test_unusable_files_are_skipped_and_reported(data_folder, tmp_path, capsys):
     (data_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (data_folder / "empty.jpg").write_bytes(b"")

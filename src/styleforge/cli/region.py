@@ -166,7 +166,9 @@ def run_apply(args) -> int:
             if args.mask:
                 panels.append(load_image(args.mask[i], name="mask"))
         panels.append(result)
-        save_image(make_strip(panels, height=result.height), strip_path, metadata=metadata, overwrite=args.overwrite, inputs=inputs)
+        # small models work at 64-128 px; the strip is shown at least 256 px tall so it can be looked at
+        strip = make_strip(panels, height=max(256, result.height))
+        save_image(strip, strip_path, metadata=metadata, overwrite=args.overwrite, inputs=inputs)
         print(f"wrote {strip_path}")
     return 0
 

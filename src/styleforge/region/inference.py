@@ -186,15 +186,15 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch
     folder = find_model_folder(model)
     prefix = "_ema" if (folder / "encoder_ema").is_dir() else ""
     try:
-        encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}")
-        generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}")
+        encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}", torch_dtype=dtype)
+        generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}", torch_dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelNotFoundError(f"could not load the region model in {folder}: {e}") from None
     info = {}
     if (folder / MODEL_CONFIG).exists():
         info = json.loads((folder / MODEL_CONFIG).read_text())
-    encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    generator.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    encoder.to(device).eval().requires_grad_(False)
+    generator.to(device).eval().requires_grad_(False)
     return encoder, generator, info
 
 

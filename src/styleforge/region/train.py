@@ -18,7 +18,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,6 +210,17 @@ def update_ema(ema: torch.nn.Module, live: torch.nn.Module, decay: float) -> Non
         p_ema.lerp_(p, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), live.buffers()):
         b_ema.copy_(b)
+
+
+def _raise_keyboard_interrupt_on_sigterm():
+    """Treat SIGTERM like Ctrl-C so that `kill PID` of a background run also saves a checkpoint first."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def step_seed(seed: int, step: int, process: int = 0) -> int:
@@ -551,7 +564,13 @@ class RegionTrainer:
         self.report_skipped()
         bar = tqdm(total=cfg.iterations, initial=self.step, disable=not (cfg.progress and self.is_main),
                    desc=f"region {self.preset['name']}", dynamic_ncols=True)
-        log_file = open(self.out / "log.jsonl", "a") if self.is_main else None
+        log_path = self.out / "log.jsonl"
+        if self.is_main and self.resume_from is not None and log_path.exists():
+            # drop lines logged after the checkpoint by an interrupted process; they are about to be redone
+            kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+            _atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+        log_file = open(log_path, "a") if self.is_main else None
+        previous_sigterm = _raise_keyboard_interrupt_on_sigterm()
         try:
             while self.step < cfg.iterations:
                 t0 = time.perf_counter()
@@ -569,10 +588,17 @@ class RegionTrainer:
                     self.write_samples()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.iterations:
                     self.save_checkpoint()
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: keep the work done so far; `--resume` continues from here
+            if self.is_main and self.step > 0:
+                print(f"\nstyleforge: interrupted; saved {self.save_checkpoint()} (continue with --resume)", file=sys.stderr)
+            raise
         finally:
             bar.close()
             if log_file:
                 log_file.close()
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
         if self.is_main:
             self.save_checkpoint()
             self.write_samples()

@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""Benchmarks of the region-wise stylizer.
+
+1. ``speed``: training iterations/s and inference ms per image for each preset (CPU here; CUDA when present).
+   Training speed is measured on random data at the preset's resolution and batch size.
+2. ``synthetic``: the procedural "layout x palette" scenes of spec §7.3, where every swap has an exact ground
+   truth. Trains ``cpu64`` for a fixed budget, then reports region-swap PSNR against the ground truth,
+   reconstruction PSNR and background leakage (PSNR outside the mask against the reconstruction) for the
+   method (feature composite) beside the pixel-composite and content-code-composite baselines.
+3. ``bundled``: the shipped model on held-out photos: reconstruction PSNR, leakage outside the mask, and how far
+   the masked region's colour statistics move toward the style image's.
+
+    python benchmarks/bench_region.py speed --presets test cpu64 gpu128 ref256
+    python benchmarks/bench_region.py synthetic --iterations 300
+    python benchmarks/bench_region.py bundled --heldout data/region/heldout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from styleforge.region import inference as inf
+from styleforge.region.masks import random_masks
+from styleforge.region.presets import get_preset
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR on the 0-255 scale of images in [-1, 1] (optionally over the pixels where mask == 1)."""
+    x, y = (x.clamp(-1, 1) + 1) * 127.5, (y.clamp(-1, 1) + 1) * 127.5
+    err = (x - y).pow(2)
+    if mask is not None:
+        m = mask.expand_as(err)
+        mse = (err * m).sum() / m.sum().clamp_min(1)
+    else:
+        mse = err.mean()
+    return float("inf") if mse == 0 else 20 * math.log10(255.0 / math.sqrt(mse.item()))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------------------------- speed
+
+
+def bench_speed(presets, device, train_iters: int, infer_iters: int, batch_override: int | None, inference_only=False) -> list[dict]:
+    from styleforge.region.model import RegionEncoder, RegionGenerator
+    from styleforge.region.train import RegionTrainer, TrainConfig
+
+    rows = []
+    for name in presets:
+        preset = get_preset(name)
+        res = preset["encoder"]["image_size"]
+        batch = batch_override or preset["train"]["batch_size"]
+        images = [torch.randint(0, 256, (3, res, res), dtype=torch.uint8) for _ in range(8)]
+        if inference_only:  # no discriminators, optimisers or activations kept for backward: fits in little memory
+            enc = RegionEncoder(**preset["encoder"]).to(device).eval().requires_grad_(False)
+            gen = RegionGenerator(**preset["generator"]).to(device).eval().requires_grad_(False)
+            row = {"preset": name, "device": device.type}
+            rows.append(_bench_inference(row, enc, gen, res, device, infer_iters))
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(data=tmp, output=tmp, preset=name, batch_size=batch, progress=False,
+                              device=device.type, crop_scale=(1.0, 1.0), reg_interval=16)
+            trainer = RegionTrainer(cfg, images=images)
+            trainer.train_step(1)  # warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            trainer.train_step(0)  # a step with lazy R1 and L_CC/L_CA (both fire every 16 steps by default)
+            _sync(device)
+            full_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for step in range(2, 2 + train_iters):
+                trainer.train_step(step)  # plain steps
+            _sync(device)
+            plain_s = (time.perf_counter() - t0) / train_iters
+            train_s = plain_s + (full_s - plain_s) / 16  # amortised over K = r1_interval = 16
+        enc, gen = trainer.encoder_ema.eval(), trainer.generator_ema.eval()
+        row = {"preset": name, "device": device.type, "batch": batch, "plain_step_s": round(plain_s, 3),
+               "regularised_step_s": round(full_s, 3), "train_s_per_it": round(train_s, 3),
+               "train_it_per_s": round(1 / train_s, 3), "train_img_per_s": round(batch / train_s, 1)}
+        rows.append(_bench_inference(row, enc, gen, res, device, infer_iters))
+    return rows
+
+
+def _bench_inference(row: dict, enc, gen, res: int, device, infer_iters: int) -> dict:
+    """Milliseconds per region transfer (one image) at the training size, 128 and 256 px."""
+    for size in sorted({res, 128, 256}):
+        a = torch.rand(1, 3, size, size, device=device) * 2 - 1
+        b = torch.rand(1, 3, size, size, device=device) * 2 - 1
+        m = random_masks(1, size, size, torch.Generator().manual_seed(0)).to(device)
+        inf.region_transfer(enc, gen, a, b, m)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(infer_iters):
+            inf.region_transfer(enc, gen, a, b, m)
+        _sync(device)
+        ms = (time.perf_counter() - t0) / infer_iters * 1000
+        row[f"region_ms_{size}px"] = round(ms, 1)
+        row[f"region_img_per_s_{size}px"] = round(1000 / ms, 2)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+# --------------------------------------------------------------------------------------------- synthetic
+
+
+def random_layout(size: int, gen: torch.Generator) -> torch.Tensor:
+    """Label map (size, size) in {0,1,2,3}: sky, ground below a tilted horizon, an ellipse and a rectangle."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    r = torch.rand(10, generator=gen)
+    labels = torch.zeros(size, size, dtype=torch.long)
+    labels[y > 0.35 + 0.3 * r[0] + (r[1] - 0.5) * 0.4 * (x - 0.5)] = 1
+    ellipse = ((x - r[2]) / (0.1 + 0.2 * r[3])) ** 2 + ((y - r[4]) / (0.1 + 0.2 * r[5])) ** 2 < 1
+    labels[ellipse] = 2
+    rect = ((x - r[6]).abs() < 0.05 + 0.15 * r[7]) & ((y - r[8]).abs() < 0.05 + 0.15 * r[9])
+    labels[rect] = 3
+    return labels
+
+
+def random_palette(gen: torch.Generator) -> dict:
+    """Style: 4 colours, a linear illumination gradient and its direction."""
+    return {"colors": torch.rand(4, 3, generator=gen) * 1.6 - 0.8, "light": (torch.rand(2, generator=gen) - 0.5) * 0.6}
+
+
+def render(labels: torch.Tensor, style: dict) -> torch.Tensor:
+    size = labels.shape[-1]
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    light = style["light"][0] * x + style["light"][1] * y
+    img = style["colors"][labels].permute(2, 0, 1) + light[None]
+    return img.clamp(-1, 1)
+
+
+def bench_synthetic(iterations: int, device, n_scenes: int = 256, n_eval: int = 64) -> dict:
+    from styleforge.region.train import RegionTrainer, TrainConfig
+
+    gen = torch.Generator().manual_seed(0)
+    train_images = []
+    for _ in range(n_scenes):
+        img = render(random_layout(64, gen), random_palette(gen))
+        train_images.append(((img + 1) * 127.5).round().to(torch.uint8))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(data=tmp, output=tmp, preset="cpu64", iterations=iterations, crop_scale=(1.0, 1.0),
+                          reg_interval=4, reg_start=iterations // 10, sample_every=0, checkpoint_every=0,
+                          device=device.type, progress=True)
+        trainer = RegionTrainer(cfg, images=train_images)
+        t0 = time.perf_counter()
+        trainer.run()
+        train_seconds = time.perf_counter() - t0
+    enc, gen_net = trainer.encoder_ema.eval(), trainer.generator_ema.eval()
+    eval_gen = torch.Generator().manual_seed(123)
+    layouts_a = [random_layout(64, eval_gen) for _ in range(n_eval)]
+    styles_a = [random_palette(eval_gen) for _ in range(n_eval)]
+    styles_b = [random_palette(eval_gen) for _ in range(n_eval)]
+    a = torch.stack([render(la, sa) for la, sa in zip(layouts_a, styles_a)]).to(device)
+    b = torch.stack([render(random_layout(64, eval_gen), sb) for sb in styles_b]).to(device)
+    swap_truth = torch.stack([render(la, sb) for la, sb in zip(layouts_a, styles_b)]).to(device)
+    masks = random_masks(n_eval, 64, 64, torch.Generator().manual_seed(7)).to(device)
+    region_truth = masks * swap_truth + (1 - masks) * a
+    rec = inf.reconstruct(enc, gen_net, a)
+    result = {"iterations": iterations, "train_seconds": round(train_seconds, 1),
+              "reconstruction_psnr": round(psnr(rec, a), 2),
+              "global_swap_psnr": round(psnr(inf.transfer(enc, gen_net, a, b), swap_truth), 2)}
+    for composition in ("feature", "pixel", "content_code"):
+        out = inf.region_transfer(enc, gen_net, a, b, masks, composition=composition)
+        result[composition] = {
+            "region_swap_psnr": round(psnr(out, region_truth), 2),
+            "inside_mask_psnr": round(psnr(out, region_truth, masks), 2),
+            "background_psnr_vs_reconstruction": round(psnr(out, rec, 1 - masks), 2),
+            "background_psnr_vs_content": round(psnr(out, a, 1 - masks), 2),
+        }
+    print(json.dumps(result, indent=2), flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- bundled model
+
+
+def bench_bundled(heldout: Path, model: str | None, device) -> dict:
+    from styleforge.io import center_crop_resize, load_image, pil_to_tensor
+
+    stylizer = inf.RegionStylizer.from_pretrained(model, device=device)
+    size = stylizer.image_size
+    paths = sorted(p for p in heldout.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if len(paths) < 2:
+        sys.exit(f"need at least 2 held-out images in {heldout}")
+    imgs = torch.cat([pil_to_tensor(center_crop_resize(load_image(p), size)) for p in paths]).to(device)
+    styles = imgs.roll(1, 0)
+    masks = random_masks(len(paths), size, size, torch.Generator().manual_seed(11)).to(device)
+    enc, gen = stylizer.encoder, stylizer.generator
+    rec = inf.reconstruct(enc, gen, imgs)
+    out = inf.region_transfer(enc, gen, imgs, styles, masks)
+    pixel = inf.region_transfer(enc, gen, imgs, styles, masks, composition="pixel")
+
+    def masked_stats(x, m):
+        m = m.expand_as(x)
+        n = m.sum(dim=(2, 3)).clamp_min(1)
+        mean = (x * m).sum(dim=(2, 3)) / n
+        std = (((x - mean[..., None, None]) ** 2 * m).sum(dim=(2, 3)) / n).sqrt()
+        return mean, std
+
+    full = torch.ones_like(masks)
+    style_mean, style_std = masked_stats(styles, full)
+    content_mean, content_std = masked_stats(imgs, masks)
+    out_mean, out_std = masked_stats(out, masks)
+    rec_mean, rec_std = masked_stats(rec, masks)
+    dist_before = ((content_mean - style_mean).norm(dim=1) + (content_std - style_std).norm(dim=1)).mean().item()
+    dist_after = ((out_mean - style_mean).norm(dim=1) + (out_std - style_std).norm(dim=1)).mean().item()
+    # the same against the reconstruction: separates the edit's effect from the reconstruction error
+    dist_rec = ((rec_mean - style_mean).norm(dim=1) + (rec_std - style_std).norm(dim=1)).mean().item()
+    result = {
+        "images": [p.name for p in paths], "size": size,
+        "reconstruction_psnr": round(psnr(rec, imgs), 2),
+        "background_psnr_vs_reconstruction": round(psnr(out, rec, 1 - masks), 2),
+        "background_psnr_vs_content": round(psnr(out, imgs, 1 - masks), 2),
+        "pixel_composite_background_psnr_vs_content": round(psnr(pixel, imgs, 1 - masks), 2),
+        "masked_colour_stats_distance_to_style_before": round(dist_before, 4),
+        "masked_colour_stats_distance_to_style_after": round(dist_after, 4),
+        "fraction_of_distance_closed": round(1 - dist_after / dist_before, 3),
+        "masked_colour_stats_distance_to_style_reconstruction": round(dist_rec, 4),
+        "fraction_of_distance_closed_vs_reconstruction": round(1 - dist_after / dist_rec, 3),
+    }
+    print(json.dumps(result, indent=2), flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--presets", nargs="+", default=["test", "cpu64", "gpu128", "ref256"])
+    s.add_argument("--train-iters", type=int, default=3)
+    s.add_argument("--infer-iters", type=int, default=5)
+    s.add_argument("--batch-size", type=int, default=None, help="override the presets' batch sizes")
+    s.add_argument("--inference-only", action="store_true", help="skip the training measurement (large presets on small machines)")
+    q = sub.add_parser("synthetic")
+    q.add_argument("--iterations", type=int, default=300)
+    b = sub.add_parser("bundled")
+    b.add_argument("--heldout", default="data/region/heldout")
+    b.add_argument("--model", default=None)
+    for p in (s, q, b):
+        p.add_argument("--device", default="auto")
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    from styleforge.runtime import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    if args.what == "speed":
+        result = bench_speed(args.presets, device, args.train_iters, args.infer_iters, args.batch_size, args.inference_only)
+    elif args.what == "synthetic":
+        result = bench_synthetic(args.iterations, device)
+    else:
+        result = bench_bundled(Path(args.heldout), args.model, device)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
