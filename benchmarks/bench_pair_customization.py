@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import numpy as np
@@ -24,14 +23,8 @@ import torch
 from styleforge.pair_customization import (PairCustomizationConfig, PairCustomizationPipeline, PairCustomizationTrainer,
                                            StyleAdapter, UNetAdapters)
 from styleforge.pair_customization.adapters import orthogonal_downs
-from styleforge.runtime import resolve_device, resolve_dtype
+from styleforge.runtime import peak_memory_mb, resolve_device, resolve_dtype
 from styleforge.testing import full_size_components, tiny_components
-
-
-def peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (whole run)
 
 
 def sync(device):

@@ -42,3 +42,12 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     if seed is None:
         return None
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def peak_memory_mb(device: torch.device | str) -> float:
+    """Peak memory so far: CUDA allocator high-water mark on a GPU, else the process's peak resident set."""
+    import resource
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
