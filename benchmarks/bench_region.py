@@ -6,12 +6,16 @@
 2. ``synthetic``: the procedural "layout x palette" scenes of spec §7.3, where every swap has an exact ground
    truth. Trains ``cpu64`` for a fixed budget, then reports region-swap PSNR against the ground truth,
    reconstruction PSNR and background leakage (PSNR outside the mask against the reconstruction) for the
-   method (feature composite) beside the pixel-composite and content-code-composite baselines.
+   method (feature composite) beside the pixel-composite and content-code-composite baselines, each also with
+   --paste-back, and the floor of returning A unchanged. ``--set w_cc=0 w_ca=0`` trains the SwapAE ablation;
+   ``--save-model`` keeps the trained model, ``--model`` re-evaluates one without training.
+   Note: the exact answer is itself a pixel composite M·T + (1-M)·A, so with a perfect global swap the pixel
+   baseline is exact; the benchmark shows how close each composition gets, not a seam-quality score.
 3. ``bundled``: the shipped model on held-out photos: reconstruction PSNR, leakage outside the mask, and how far
    the masked region's colour statistics move toward the style image's.
 
     python benchmarks/bench_region.py speed --presets test cpu64 gpu128 ref256
-    python benchmarks/bench_region.py synthetic --iterations 300
+    python benchmarks/bench_region.py synthetic --iterations 2500 --threads 1 --save-model runs/syn
     python benchmarks/bench_region.py bundled --heldout data/region/heldout
 """
 
@@ -140,23 +144,35 @@ def render(labels: torch.Tensor, style: dict) -> torch.Tensor:
     return img.clamp(-1, 1)
 
 
-def bench_synthetic(iterations: int, device, n_scenes: int = 256, n_eval: int = 64) -> dict:
+def synthetic_scenes(n: int, size: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    scenes = []
+    for _ in range(n):
+        img = render(random_layout(size, gen), random_palette(gen))
+        scenes.append(((img + 1) * 127.5).round().to(torch.uint8))
+    return scenes
+
+
+def train_synthetic(iterations: int, device, overrides: dict, n_scenes: int = 256, save_model: str | None = None):
     from styleforge.region.train import RegionTrainer, TrainConfig
 
-    gen = torch.Generator().manual_seed(0)
-    train_images = []
-    for _ in range(n_scenes):
-        img = render(random_layout(64, gen), random_palette(gen))
-        train_images.append(((img + 1) * 127.5).round().to(torch.uint8))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(data=tmp, output=tmp, preset="cpu64", iterations=iterations, crop_scale=(1.0, 1.0),
-                          reg_interval=4, reg_start=iterations // 10, sample_every=0, checkpoint_every=0,
-                          device=device.type, progress=True)
-        trainer = RegionTrainer(cfg, images=train_images)
+        settings = dict(preset="cpu64", iterations=iterations, crop_scale=(1.0, 1.0), reg_interval=4,
+                        reg_start=iterations // 10, sample_every=0, checkpoint_every=0, progress=True)
+        settings.update(overrides)
+        cfg = TrainConfig(data=tmp, output=tmp, device=device.type, **settings)
+        trainer = RegionTrainer(cfg, images=synthetic_scenes(n_scenes, 64, seed=0))
         t0 = time.perf_counter()
         trainer.run()
         train_seconds = time.perf_counter() - t0
     enc, gen_net = trainer.encoder_ema.eval(), trainer.generator_ema.eval()
+    if save_model:
+        inf.save_model(save_model, enc, gen_net, {"synthetic_benchmark": {"iterations": iterations, **overrides}})
+    return enc, gen_net, train_seconds
+
+
+def evaluate_synthetic(enc, gen_net, device, n_eval: int = 64) -> dict:
+    """Region swaps on held-out scenes whose exact answer is M·render(layout_A, style_B) + (1-M)·A."""
     eval_gen = torch.Generator().manual_seed(123)
     layouts_a = [random_layout(64, eval_gen) for _ in range(n_eval)]
     styles_a = [random_palette(eval_gen) for _ in range(n_eval)]
@@ -167,17 +183,34 @@ def bench_synthetic(iterations: int, device, n_scenes: int = 256, n_eval: int = 
     masks = random_masks(n_eval, 64, 64, torch.Generator().manual_seed(7)).to(device)
     region_truth = masks * swap_truth + (1 - masks) * a
     rec = inf.reconstruct(enc, gen_net, a)
-    result = {"iterations": iterations, "train_seconds": round(train_seconds, 1),
-              "reconstruction_psnr": round(psnr(rec, a), 2),
-              "global_swap_psnr": round(psnr(inf.transfer(enc, gen_net, a, b), swap_truth), 2)}
-    for composition in ("feature", "pixel", "content_code"):
+    result = {"reconstruction_psnr": round(psnr(rec, a), 2),
+              "global_swap_psnr": round(psnr(inf.transfer(enc, gen_net, a, b), swap_truth), 2),
+              # the floor: returning A unchanged
+              "identity_region_swap_psnr": round(psnr(a, region_truth), 2),
+              "identity_inside_mask_psnr": round(psnr(a, region_truth, masks), 2)}
+
+    def figures(out):
+        return {"region_swap_psnr": round(psnr(out, region_truth), 2),
+                "inside_mask_psnr": round(psnr(out, region_truth, masks), 2),
+                "background_psnr_vs_reconstruction": round(psnr(out, rec, 1 - masks), 2),
+                "background_psnr_vs_content": round(psnr(out, a, 1 - masks), 2)}
+
+    for composition in inf.COMPOSITION_SPACES:
         out = inf.region_transfer(enc, gen_net, a, b, masks, composition=composition)
-        result[composition] = {
-            "region_swap_psnr": round(psnr(out, region_truth), 2),
-            "inside_mask_psnr": round(psnr(out, region_truth, masks), 2),
-            "background_psnr_vs_reconstruction": round(psnr(out, rec, 1 - masks), 2),
-            "background_psnr_vs_content": round(psnr(out, a, 1 - masks), 2),
-        }
+        result[composition] = figures(out)
+        if composition != "pixel":  # --paste-back: the same background as the pixel composite (exactly A)
+            result[composition + "+paste_back"] = figures(masks * out + (1 - masks) * a)
+    return result
+
+
+def bench_synthetic(iterations: int, device, overrides: dict, model: str | None = None, save_model: str | None = None) -> dict:
+    if model:
+        enc, gen_net, _ = inf.load_model(model, device=device)
+        result = {"model": model}
+    else:
+        enc, gen_net, seconds = train_synthetic(iterations, device, overrides, save_model=save_model)
+        result = {"iterations": iterations, "overrides": overrides, "train_seconds": round(seconds, 1)}
+    result.update(evaluate_synthetic(enc, gen_net, device))
     print(json.dumps(result, indent=2), flush=True)
     return result
 
@@ -233,6 +266,16 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
     return result
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"--set takes KEY=VALUE, got {pair!r}")
+        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    return overrides
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -244,6 +287,10 @@ def main(argv=None) -> int:
     s.add_argument("--inference-only", action="store_true", help="skip the training measurement (large presets on small machines)")
     q = sub.add_parser("synthetic")
     q.add_argument("--iterations", type=int, default=300)
+    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="training overrides, e.g. w_cc=0 w_ca=0 (the SwapAE ablation) or reg_interval=16")
+    q.add_argument("--save-model", default=None, help="also save the trained model to this folder")
+    q.add_argument("--model", default=None, help="evaluate this trained model instead of training one")
     b = sub.add_parser("bundled")
     b.add_argument("--heldout", default="data/region/heldout")
     b.add_argument("--model", default=None)
@@ -261,7 +308,7 @@ def main(argv=None) -> int:
     if args.what == "speed":
         result = bench_speed(args.presets, device, args.train_iters, args.infer_iters, args.batch_size, args.inference_only)
     elif args.what == "synthetic":
-        result = bench_synthetic(args.iterations, device)
+        result = bench_synthetic(args.iterations, device, parse_overrides(args.set), args.model, args.save_model)
     else:
         result = bench_bundled(Path(args.heldout), args.model, device)
     if args.json:
