@@ -7,12 +7,14 @@
    truth. Trains ``cpu64`` for a fixed budget, then reports region-swap PSNR against the ground truth,
    reconstruction PSNR and background leakage (PSNR outside the mask against the reconstruction) for the
    method (feature composite) beside the pixel-composite and content-code-composite baselines, each also with
-   --paste-back, and the floor of returning A unchanged. ``--set w_cc=0 w_ca=0`` trains the SwapAE ablation;
+   --paste-back, and the floor of returning A unchanged. ``--set w_cc=0 w_ca=0`` trains the SwapAE ablation
+   (any TrainConfig field can be set, e.g. ``--set style_gain=16 n_crop=8 n_ref=8``);
    ``--save-model`` keeps the trained model, ``--model`` re-evaluates one without training.
    Note: the exact answer is itself a pixel composite M·T + (1-M)·A, so with a perfect global swap the pixel
    baseline is exact; the benchmark shows how close each composition gets, not a seam-quality score.
-3. ``bundled``: the shipped model on held-out photos: reconstruction PSNR, leakage outside the mask, and how far
-   the masked region's colour statistics move toward the style image's.
+3. ``bundled``: the shipped model on held-out photos (every ordered content/style pair): reconstruction PSNR,
+   leakage outside the mask, how far the masked region's colour statistics move toward the style image's, and the
+   same for the whole image under global transfer.
 
     python benchmarks/bench_region.py speed --presets test cpu64 gpu128 ref256
     python benchmarks/bench_region.py synthetic --iterations 2500 --threads 1 --save-model runs/syn
@@ -226,9 +228,12 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
     paths = sorted(p for p in heldout.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if len(paths) < 2:
         sys.exit(f"need at least 2 held-out images in {heldout}")
-    imgs = torch.cat([pil_to_tensor(center_crop_resize(load_image(p), size)) for p in paths]).to(device)
-    styles = imgs.roll(1, 0)
-    masks = random_masks(len(paths), size, size, torch.Generator().manual_seed(11)).to(device)
+    photos = torch.cat([pil_to_tensor(center_crop_resize(load_image(p), size)) for p in paths]).to(device)
+    # every ordered (content, style) pair of different photos
+    pairs = [(i, j) for i in range(len(paths)) for j in range(len(paths)) if i != j]
+    imgs = photos[[i for i, _ in pairs]]
+    styles = photos[[j for _, j in pairs]]
+    masks = random_masks(len(pairs), size, size, torch.Generator().manual_seed(11)).to(device)
     enc, gen = stylizer.encoder, stylizer.generator
     rec = inf.reconstruct(enc, gen, imgs)
     out = inf.region_transfer(enc, gen, imgs, styles, masks)
@@ -250,8 +255,13 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
     dist_after = ((out_mean - style_mean).norm(dim=1) + (out_std - style_std).norm(dim=1)).mean().item()
     # the same against the reconstruction: separates the edit's effect from the reconstruction error
     dist_rec = ((rec_mean - style_mean).norm(dim=1) + (rec_std - style_std).norm(dim=1)).mean().item()
+    # global transfer: whole-image colour statistics of G(C_A, S_B) against those of A's reconstruction
+    swap_mean, swap_std = masked_stats(inf.transfer(enc, gen, imgs, styles), full)
+    rec_full_mean, rec_full_std = masked_stats(rec, full)
+    dist_swap = ((swap_mean - style_mean).norm(dim=1) + (swap_std - style_std).norm(dim=1)).mean().item()
+    dist_rec_full = ((rec_full_mean - style_mean).norm(dim=1) + (rec_full_std - style_std).norm(dim=1)).mean().item()
     result = {
-        "images": [p.name for p in paths], "size": size,
+        "images": [p.name for p in paths], "pairs": len(pairs), "size": size,
         "reconstruction_psnr": round(psnr(rec, imgs), 2),
         "background_psnr_vs_reconstruction": round(psnr(out, rec, 1 - masks), 2),
         "background_psnr_vs_content": round(psnr(out, imgs, 1 - masks), 2),
@@ -261,9 +271,22 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
         "fraction_of_distance_closed": round(1 - dist_after / dist_before, 3),
         "masked_colour_stats_distance_to_style_reconstruction": round(dist_rec, 4),
         "fraction_of_distance_closed_vs_reconstruction": round(1 - dist_after / dist_rec, 3),
+        "global_swap_fraction_of_distance_closed_vs_reconstruction": round(1 - dist_swap / dist_rec_full, 3),
     }
     print(json.dumps(result, indent=2), flush=True)
     return result
+
+
+def register_content_variant(channels: int) -> str:
+    """Add a cpu64 variant with another content-code width to the preset table (for this process only)."""
+    from styleforge.region.presets import PRESETS
+
+    name = f"cpu64-c{channels}"
+    preset = get_preset("cpu64")
+    preset.pop("name")
+    preset["encoder"]["content_channels"] = preset["generator"]["content_channels"] = channels
+    PRESETS[name] = preset
+    return name
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -289,6 +312,9 @@ def main(argv=None) -> int:
     q.add_argument("--iterations", type=int, default=300)
     q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="training overrides, e.g. w_cc=0 w_ca=0 (the SwapAE ablation) or reg_interval=16")
+    q.add_argument("--content-channels", type=int, default=None,
+                   help="train a cpu64 variant with this many content-code channels (8 in cpu64; 2 gives the content "
+                        "code the reference 256 px model's bottleneck ratio, 1/96 of the pixels)")
     q.add_argument("--save-model", default=None, help="also save the trained model to this folder")
     q.add_argument("--model", default=None, help="evaluate this trained model instead of training one")
     b = sub.add_parser("bundled")
@@ -308,7 +334,10 @@ def main(argv=None) -> int:
     if args.what == "speed":
         result = bench_speed(args.presets, device, args.train_iters, args.infer_iters, args.batch_size, args.inference_only)
     elif args.what == "synthetic":
-        result = bench_synthetic(args.iterations, device, parse_overrides(args.set), args.model, args.save_model)
+        overrides = parse_overrides(args.set)
+        if args.content_channels:
+            overrides["preset"] = register_content_variant(args.content_channels)
+        result = bench_synthetic(args.iterations, device, overrides, args.model, args.save_model)
     else:
         result = bench_bundled(Path(args.heldout), args.model, device)
     if args.json:

@@ -200,3 +200,41 @@ def test_save_load_round_trip_is_exact(nets, tmp_path):
         after = loaded["generator"](*loaded["encoder"](x))
         assert torch.equal(after, before)
         assert torch.equal(loaded["discriminator"](after), logits_before)
+
+
+def test_fresh_cpu64_generator_already_depends_on_the_style_code():
+    # zero-bias input modulation (official SwapAE): at initialisation the style terms of x0 = C·a(S) + b(S)
+    # dominate, so swapping S moves the output several times more than with a(S) biased to 1
+    torch.manual_seed(0)
+    preset = get_preset("cpu64")
+    enc, gen = RegionEncoder(**preset["encoder"]).eval(), RegionGenerator(**preset["generator"]).eval()
+
+    def style_swap_change():
+        with torch.no_grad():
+            c, s = enc(_x(n=4, h=64, w=64))
+            out = gen(c, s)
+            return ((gen(c, s.roll(1, 0)) - out).norm() / out.norm()).item()
+
+    official = style_swap_change()
+    with torch.no_grad():
+        gen.input_scale.bias.fill_(1.0)
+    assert official > 3 * style_swap_change()
+
+
+def test_style_gain_scales_the_normalised_style(tmp_path):
+    torch.manual_seed(0)
+    cfg = dict(content_channels=4, style_dim=16, head_channels=[8, 16], up_channels=[16, 8])
+    gained = RegionGenerator(**cfg, style_gain=4.0).eval()
+    plain = RegionGenerator(**cfg, normalize_codes=False).eval()
+    plain.load_state_dict(gained.state_dict())
+    c, s = torch.randn(2, 4, 4, 4), torch.randn(2, 16)
+    with torch.no_grad():
+        out = gained(c, s)
+        # the gain acts after L2 normalisation: G_gain(C, S) = G_plain(C/|C|, gain·S/|S|)
+        torch.testing.assert_close(out, plain(F.normalize(c, dim=1), 4.0 * F.normalize(s, dim=1)), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(out, plain(F.normalize(c, dim=1), F.normalize(s, dim=1)), atol=1e-3)
+    gained.save_pretrained(tmp_path / "g")
+    loaded = RegionGenerator.from_pretrained(tmp_path / "g").eval()
+    assert loaded.config.style_gain == 4.0
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(c, s), out, atol=0, rtol=0)

@@ -309,11 +309,14 @@ class RegionGenerator(ModelMixin, ConfigMixin):
         up_channels: tuple = (128, 64, 32),
         demod: str = "standard",
         normalize_codes: bool = True,
+        style_gain: float = 1.0,
     ):
         super().__init__()
         if demod not in ("standard", "input_scaling"):
             raise ValueError(f"demod must be 'standard' or 'input_scaling', got {demod!r}")
-        self.input_scale = EqualLinear(style_dim, content_channels, bias_init=1.0)
+        # zero bias as in the official SwapAE GeneratorModulation: at initialisation x0 is dominated by the
+        # style terms, so the generator has to use S from the first step instead of learning to ignore it
+        self.input_scale = EqualLinear(style_dim, content_channels)
         self.input_shift = EqualLinear(style_dim, content_channels)
         blocks, cin, seed = [], content_channels, 0
         for cout in head_channels:
@@ -331,6 +334,8 @@ class RegionGenerator(ModelMixin, ConfigMixin):
     def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if self.config.normalize_codes:
             content, style = normalize_code(content), normalize_code(style)
+        # style_gain = sqrt(style_dim) gives the affines unit-variance inputs, the scale equalized lr assumes
+        style = style * self.config.style_gain
         noise_mode = self.noise_mode or ("random" if self.training else "fixed")
         x = content * self.input_scale(style)[:, :, None, None] + self.input_shift(style)[:, :, None, None]
         for block in self.blocks:

@@ -89,6 +89,7 @@ class TrainConfig:
     # architecture options
     demod: str = "standard"
     normalize_codes: bool = True
+    style_gain: float | None = None  # None: the preset's
     # data and augmentation
     crop_scale: tuple[float, float] = (0.6, 1.0)
     load_size: int | None = None  # None: twice the training resolution
@@ -241,9 +242,9 @@ class RegionTrainer:
         self.resume_from = self._find_resume(cfg.resume) if cfg.resume else None
         if self.resume_from is not None:
             saved = json.loads((self.resume_from / "state.json").read_text())["config"]
-            for key in ("preset", "demod", "normalize_codes"):
-                if saved[key] != getattr(cfg, key):
-                    raise InputError(f"cannot resume: the checkpoint was trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}")
+            for key in ("preset", "demod", "normalize_codes", "style_gain"):
+                if saved.get(key) != getattr(cfg, key):
+                    raise InputError(f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, not {getattr(cfg, key)!r}")
         self.preset = get_preset(cfg.preset)
         train_defaults = self.preset["train"]
         self.batch_size = cfg.batch_size or train_defaults["batch_size"]
@@ -265,6 +266,8 @@ class RegionTrainer:
         self.preset["encoder"]["normalize_codes"] = cfg.normalize_codes
         self.preset["generator"]["normalize_codes"] = cfg.normalize_codes
         self.preset["generator"]["demod"] = cfg.demod
+        if cfg.style_gain is not None:
+            self.preset["generator"]["style_gain"] = cfg.style_gain
 
         torch.manual_seed(cfg.seed)
         nets = build_models(self.preset)
