@@ -277,18 +277,6 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
     return result
 
 
-def register_content_variant(channels: int) -> str:
-    """Add a cpu64 variant with another content-code width to the preset table (for this process only)."""
-    from styleforge.region.presets import PRESETS
-
-    name = f"cpu64-c{channels}"
-    preset = get_preset("cpu64")
-    preset.pop("name")
-    preset["encoder"]["content_channels"] = preset["generator"]["content_channels"] = channels
-    PRESETS[name] = preset
-    return name
-
-
 def parse_overrides(pairs: list[str]) -> dict:
     overrides = {}
     for pair in pairs:
@@ -313,8 +301,8 @@ def main(argv=None) -> int:
     q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="training overrides, e.g. w_cc=0 w_ca=0 (the SwapAE ablation) or reg_interval=16")
     q.add_argument("--content-channels", type=int, default=None,
-                   help="train a cpu64 variant with this many content-code channels (8 in cpu64; 2 gives the content "
-                        "code the reference 256 px model's bottleneck ratio, 1/96 of the pixels)")
+                   help="content-code channels (8 in cpu64; 2 gives the content code the reference 256 px model's "
+                        "bottleneck ratio, 1/96 of the pixels); the same as --set content_channels=N")
     q.add_argument("--save-model", default=None, help="also save the trained model to this folder")
     q.add_argument("--model", default=None, help="evaluate this trained model instead of training one")
     b = sub.add_parser("bundled")
@@ -336,7 +324,7 @@ def main(argv=None) -> int:
     elif args.what == "synthetic":
         overrides = parse_overrides(args.set)
         if args.content_channels:
-            overrides["preset"] = register_content_variant(args.content_channels)
+            overrides["content_channels"] = args.content_channels
         result = bench_synthetic(args.iterations, device, overrides, args.model, args.save_model)
     else:
         result = bench_bundled(Path(args.heldout), args.model, device)

@@ -1,5 +1,6 @@
 """Region stylizer training mechanics (spec §8 E): step isolation, EMA, resume, data handling, CLI."""
 
+import json
 import time
 
 import numpy as np
@@ -144,8 +145,11 @@ def test_no_usable_images_is_a_user_error(tmp_path):
 def test_cli_train_checkpoints_samples_and_model(data_folder, tmp_path):
     run = tmp_path / "run"
     argv = ["region", "train", "--data", str(data_folder), "--preset", "test", "-o", str(run), "--iterations", "4",
-            "--sample-every", "2", "--checkpoint-every", "1", "--keep-checkpoints", "2", "--reg-interval", "2", "--no-progress"]
+            "--sample-every", "2", "--checkpoint-every", "1", "--keep-checkpoints", "2", "--reg-interval", "2",
+            "--content-channels", "3", "--style-gain", "2", "--no-progress"]
     assert main(argv) == 0
+    generator_config = json.loads((run / "checkpoints" / "step_0000004" / "generator" / "config.json").read_text())
+    assert generator_config["content_channels"] == 3 and generator_config["style_gain"] == 2.0
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_0000003", "step_0000004"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000004"
     assert (run / "samples" / "step_0000002.png").exists() and (run / "samples" / "step_0000004.png").exists()
@@ -183,9 +187,17 @@ def test_overfitting_lowers_reconstruction_loss(data_folder, tmp_path):
     assert rec_loss() < 0.7 * before
 
 
-def test_style_gain_reaches_the_generator_and_must_match_on_resume(data_folder, tmp_path):
-    trainer = RegionTrainer(_config(data_folder, tmp_path, "gain", style_gain=3.0))
+def test_architecture_overrides_reach_the_networks_and_must_match_on_resume(data_folder, tmp_path):
+    trainer = RegionTrainer(_config(data_folder, tmp_path, "arch", style_gain=3.0, content_channels=2))
     assert trainer.generator.config.style_gain == 3.0 and trainer.generator_ema.config.style_gain == 3.0
-    train(_config(data_folder, tmp_path, "gain", iterations=1, style_gain=3.0))
+    assert trainer.encoder.config.content_channels == trainer.generator.config.content_channels == 2
+    with torch.no_grad():
+        content, _ = trainer.encoder(torch.zeros(1, 3, 32, 32))
+    assert content.shape[1] == 2
+    train(_config(data_folder, tmp_path, "arch", iterations=1, style_gain=3.0, content_channels=2))
     with pytest.raises(InputError, match="style_gain"):
-        train(_config(data_folder, tmp_path, "gain", iterations=2, resume="latest"))
+        train(_config(data_folder, tmp_path, "arch", iterations=2, content_channels=2, resume="latest"))
+    with pytest.raises(InputError, match="content_channels"):
+        train(_config(data_folder, tmp_path, "arch", iterations=2, style_gain=3.0, resume="latest"))
+    with pytest.raises(InputError, match="content-channels"):
+        RegionTrainer(_config(data_folder, tmp_path, "bad", content_channels=0))

@@ -111,6 +111,8 @@ def _register_train(sub) -> None:
     a.add_argument("--style-gain", type=float, default=None,
                    help="factor on the normalised style code before the generator's affines (default: the preset's; "
                         "1 is the official SwapAE scale, sqrt(style_dim) gives the affines unit-variance inputs)")
+    a.add_argument("--content-channels", type=int, default=None,
+                   help="channels of the content code (default: the preset's, 8; fewer keep colour out of it)")
     a.add_argument("--n-crop", type=int, default=None, help="query patches per image (default: the preset's)")
     a.add_argument("--n-ref", type=int, default=None, help="reference patches per image (default: the preset's)")
     a.add_argument("--patch-scale", type=_fraction_pair, default=(1 / 8, 1 / 4), help="LOW,HIGH patch side as a fraction of the image side")
@@ -218,7 +220,7 @@ def run_train(args) -> int:
         ca_normalize_by_area=args.ca_normalize_by_area, adv_on_region=args.adv_on_region, mask_resample=args.mask_resample,
         mask_coverage=args.mask_coverage, mask_trivial_probability=args.mask_trivial_probability, n_crop=args.n_crop,
         n_ref=args.n_ref, patch_scale=args.patch_scale, demod=args.demod, normalize_codes=args.normalize_codes,
-        style_gain=args.style_gain,
+        style_gain=args.style_gain, content_channels=args.content_channels,
         crop_scale=args.crop_scale, load_size=args.load_size, ema_half_life_images=args.ema_half_life, seed=args.seed,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, device=args.device, progress=not args.no_progress,

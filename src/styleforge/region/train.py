@@ -90,6 +90,7 @@ class TrainConfig:
     demod: str = "standard"
     normalize_codes: bool = True
     style_gain: float | None = None  # None: the preset's
+    content_channels: int | None = None  # width of the content code C; None: the preset's
     # data and augmentation
     crop_scale: tuple[float, float] = (0.6, 1.0)
     load_size: int | None = None  # None: twice the training resolution
@@ -242,7 +243,7 @@ class RegionTrainer:
         self.resume_from = self._find_resume(cfg.resume) if cfg.resume else None
         if self.resume_from is not None:
             saved = json.loads((self.resume_from / "state.json").read_text())["config"]
-            for key in ("preset", "demod", "normalize_codes", "style_gain"):
+            for key in ("preset", "demod", "normalize_codes", "style_gain", "content_channels"):
                 if saved.get(key) != getattr(cfg, key):
                     raise InputError(f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, not {getattr(cfg, key)!r}")
         self.preset = get_preset(cfg.preset)
@@ -268,6 +269,10 @@ class RegionTrainer:
         self.preset["generator"]["demod"] = cfg.demod
         if cfg.style_gain is not None:
             self.preset["generator"]["style_gain"] = cfg.style_gain
+        if cfg.content_channels is not None:
+            if cfg.content_channels < 1:
+                raise InputError("--content-channels must be at least 1")
+            self.preset["encoder"]["content_channels"] = self.preset["generator"]["content_channels"] = cfg.content_channels
 
         torch.manual_seed(cfg.seed)
         nets = build_models(self.preset)
