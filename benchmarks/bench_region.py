@@ -8,7 +8,8 @@
    reconstruction PSNR and background leakage (PSNR outside the mask against the reconstruction) for the
    method (feature composite) beside the pixel-composite and content-code-composite baselines, each also with
    --paste-back, and the floor of returning A unchanged. ``--set w_cc=0 w_ca=0`` trains the SwapAE ablation
-   (any TrainConfig field can be set, e.g. ``--set style_gain=16 n_crop=8 n_ref=8``);
+   (any TrainConfig field can be set, e.g. ``--set style_gain=16 n_crop=8 n_ref=8``, or
+   ``--set content_channels=2``, the reference 256 px model's content bottleneck ratio of 1/96 of the pixels);
    ``--save-model`` keeps the trained model, ``--model`` re-evaluates one without training.
    Note: the exact answer is itself a pixel composite M·T + (1-M)·A, so with a perfect global swap the pixel
    baseline is exact; the benchmark shows how close each composition gets, not a seam-quality score.
@@ -248,18 +249,19 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
 
     full = torch.ones_like(masks)
     style_mean, style_std = masked_stats(styles, full)
-    content_mean, content_std = masked_stats(imgs, masks)
-    out_mean, out_std = masked_stats(out, masks)
-    rec_mean, rec_std = masked_stats(rec, masks)
-    dist_before = ((content_mean - style_mean).norm(dim=1) + (content_std - style_std).norm(dim=1)).mean().item()
-    dist_after = ((out_mean - style_mean).norm(dim=1) + (out_std - style_std).norm(dim=1)).mean().item()
+
+    def distance_to_style(x, m):
+        """Mean over pairs of |mean - style mean| + |std - style std| of x's colours where m == 1."""
+        mean, std = masked_stats(x, m)
+        return ((mean - style_mean).norm(dim=1) + (std - style_std).norm(dim=1)).mean().item()
+
+    dist_before = distance_to_style(imgs, masks)
+    dist_after = distance_to_style(out, masks)
     # the same against the reconstruction: separates the edit's effect from the reconstruction error
-    dist_rec = ((rec_mean - style_mean).norm(dim=1) + (rec_std - style_std).norm(dim=1)).mean().item()
+    dist_rec = distance_to_style(rec, masks)
     # global transfer: whole-image colour statistics of G(C_A, S_B) against those of A's reconstruction
-    swap_mean, swap_std = masked_stats(inf.transfer(enc, gen, imgs, styles), full)
-    rec_full_mean, rec_full_std = masked_stats(rec, full)
-    dist_swap = ((swap_mean - style_mean).norm(dim=1) + (swap_std - style_std).norm(dim=1)).mean().item()
-    dist_rec_full = ((rec_full_mean - style_mean).norm(dim=1) + (rec_full_std - style_std).norm(dim=1)).mean().item()
+    dist_swap = distance_to_style(inf.transfer(enc, gen, imgs, styles), full)
+    dist_rec_full = distance_to_style(rec, full)
     result = {
         "images": [p.name for p in paths], "pairs": len(pairs), "size": size,
         "reconstruction_psnr": round(psnr(rec, imgs), 2),
@@ -300,9 +302,6 @@ def main(argv=None) -> int:
     q.add_argument("--iterations", type=int, default=300)
     q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="training overrides, e.g. w_cc=0 w_ca=0 (the SwapAE ablation) or reg_interval=16")
-    q.add_argument("--content-channels", type=int, default=None,
-                   help="content-code channels (8 in cpu64; 2 gives the content code the reference 256 px model's "
-                        "bottleneck ratio, 1/96 of the pixels); the same as --set content_channels=N")
     q.add_argument("--save-model", default=None, help="also save the trained model to this folder")
     q.add_argument("--model", default=None, help="evaluate this trained model instead of training one")
     b = sub.add_parser("bundled")
@@ -322,10 +321,7 @@ def main(argv=None) -> int:
     if args.what == "speed":
         result = bench_speed(args.presets, device, args.train_iters, args.infer_iters, args.batch_size, args.inference_only)
     elif args.what == "synthetic":
-        overrides = parse_overrides(args.set)
-        if args.content_channels:
-            overrides["content_channels"] = args.content_channels
-        result = bench_synthetic(args.iterations, device, overrides, args.model, args.save_model)
+        result = bench_synthetic(args.iterations, device, parse_overrides(args.set), args.model, args.save_model)
     else:
         result = bench_bundled(Path(args.heldout), args.model, device)
     if args.json:

@@ -109,8 +109,8 @@ def _register_train(sub) -> None:
     a.add_argument("--demod", choices=("standard", "input_scaling"), default="standard", help="modulated-conv flavour")
     a.add_argument("--normalize-codes", type=str2bool, default=True, help="L2-normalise content and style codes")
     a.add_argument("--style-gain", type=float, default=None,
-                   help="factor on the normalised style code before the generator's affines (default: the preset's; "
-                        "1 is the official SwapAE scale, sqrt(style_dim) gives the affines unit-variance inputs)")
+                   help="factor on the normalised style code before the generator's affines (default 1, the official "
+                        "SwapAE scale; sqrt(style_dim) gives the affines unit-variance inputs)")
     a.add_argument("--content-channels", type=int, default=None,
                    help="channels of the content code (default: the preset's, 8; fewer keep colour out of it)")
     a.add_argument("--n-crop", type=int, default=None, help="query patches per image (default: the preset's)")

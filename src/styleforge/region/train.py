@@ -89,7 +89,7 @@ class TrainConfig:
     # architecture options
     demod: str = "standard"
     normalize_codes: bool = True
-    style_gain: float | None = None  # None: the preset's
+    style_gain: float | None = None  # None: the generator's default, 1 (the official scale)
     content_channels: int | None = None  # width of the content code C; None: the preset's
     # data and augmentation
     crop_scale: tuple[float, float] = (0.6, 1.0)
