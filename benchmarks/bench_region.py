@@ -7,12 +7,15 @@
    truth. Trains ``cpu64`` for a fixed budget, then reports region-swap PSNR against the ground truth,
    reconstruction PSNR and background leakage (PSNR outside the mask against the reconstruction) for the
    method (feature composite) beside the pixel-composite and content-code-composite baselines, each also with
-   --paste-back, and the floor of returning A unchanged. ``--set w_cc=0 w_ca=0`` trains the SwapAE ablation
+   --paste-back (default margin of one feature cell, and margin 0), and the floor of returning A unchanged.
+   ``--set w_cc=0 w_ca=0`` trains the SwapAE ablation
    (any TrainConfig field can be set, e.g. ``--set style_gain=16 n_crop=8 n_ref=8``, or
    ``--set content_channels=2``, the reference 256 px model's content bottleneck ratio of 1/96 of the pixels);
    ``--save-model`` keeps the trained model, ``--model`` re-evaluates one without training.
    Note: the exact answer is itself a pixel composite M·T + (1-M)·A, so with a perfect global swap the pixel
-   baseline is exact; the benchmark shows how close each composition gets, not a seam-quality score.
+   baseline is exact. To separate where each composition gains or loses, the figures are also given for the
+   mask's interior and for a band around its border, and against "fading" answers whose style blends in over a
+   Gaussian of σ px across the border (``--fades``), the seamless edit the paper's feature composition is for.
 3. ``bundled``: the shipped model on held-out photos (every ordered content/style pair): reconstruction PSNR,
    leakage outside the mask, how far the masked region's colour statistics move toward the style image's, and the
    same for the whole image under global transfer.
@@ -35,7 +38,7 @@ from pathlib import Path
 import torch
 
 from styleforge.region import inference as inf
-from styleforge.region.masks import random_masks
+from styleforge.region.masks import dilate_mask, feather_mask, random_masks
 from styleforge.region.presets import get_preset
 
 
@@ -174,8 +177,21 @@ def train_synthetic(iterations: int, device, overrides: dict, n_scenes: int = 25
     return enc, gen_net, train_seconds
 
 
-def evaluate_synthetic(enc, gen_net, device, n_eval: int = 64) -> dict:
-    """Region swaps on held-out scenes whose exact answer is M·render(layout_A, style_B) + (1-M)·A."""
+def mask_band(mask: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(interior, band) of a binary (N,1,H,W) mask: the pixels more than ``radius`` px inside it, and the pixels
+    within ``radius`` px of its border on either side."""
+    eroded = 1 - dilate_mask(1 - mask, radius)
+    return eroded, dilate_mask(mask, radius) - eroded
+
+
+def evaluate_synthetic(enc, gen_net, device, n_eval: int = 64, fades=(2, 4), band_radius: int = 4) -> dict:
+    """Region swaps on held-out scenes whose exact answer is M·render(layout_A, style_B) + (1-M)·A.
+
+    Also scored: the interior of the mask and a band around its border (``band_radius`` px each side) against
+    that hard answer, and the whole image against answers whose style fades in over a Gaussian of σ px across
+    the border (w = feather(M, σ); truth = w·render(layout_A, style_B) + (1-w)·A), the seamless edit the paper
+    argues for (Eq. 4's "boundary discordance"). σ = 0 is the hard answer.
+    """
     eval_gen = torch.Generator().manual_seed(123)
     layouts_a = [random_layout(64, eval_gen) for _ in range(n_eval)]
     styles_a = [random_palette(eval_gen) for _ in range(n_eval)]
@@ -185,35 +201,51 @@ def evaluate_synthetic(enc, gen_net, device, n_eval: int = 64) -> dict:
     swap_truth = torch.stack([render(la, sb) for la, sb in zip(layouts_a, styles_b)]).to(device)
     masks = random_masks(n_eval, 64, 64, torch.Generator().manual_seed(7)).to(device)
     region_truth = masks * swap_truth + (1 - masks) * a
+    interior, band = mask_band(masks, band_radius)
+    soft_truths = {}
+    for sigma in fades:
+        w = feather_mask(masks, sigma)
+        soft_truths[sigma] = w * swap_truth + (1 - w) * a
     rec = inf.reconstruct(enc, gen_net, a)
     result = {"reconstruction_psnr": round(psnr(rec, a), 2),
               "global_swap_psnr": round(psnr(inf.transfer(enc, gen_net, a, b), swap_truth), 2),
+              "band_radius_px": band_radius,
               # the floor: returning A unchanged
               "identity_region_swap_psnr": round(psnr(a, region_truth), 2),
               "identity_inside_mask_psnr": round(psnr(a, region_truth, masks), 2)}
 
     def figures(out):
-        return {"region_swap_psnr": round(psnr(out, region_truth), 2),
-                "inside_mask_psnr": round(psnr(out, region_truth, masks), 2),
-                "background_psnr_vs_reconstruction": round(psnr(out, rec, 1 - masks), 2),
-                "background_psnr_vs_content": round(psnr(out, a, 1 - masks), 2)}
+        row = {"region_swap_psnr": round(psnr(out, region_truth), 2),
+               "inside_mask_psnr": round(psnr(out, region_truth, masks), 2),
+               "mask_interior_psnr": round(psnr(out, region_truth, interior), 2),
+               "mask_border_band_psnr": round(psnr(out, region_truth, band), 2),
+               "background_psnr_vs_reconstruction": round(psnr(out, rec, 1 - masks), 2),
+               "background_psnr_vs_content": round(psnr(out, a, 1 - masks), 2)}
+        for sigma, truth in soft_truths.items():
+            row[f"region_swap_psnr_fade_{sigma:g}px"] = round(psnr(out, truth), 2)
+            row[f"mask_border_band_psnr_fade_{sigma:g}px"] = round(psnr(out, truth, band), 2)
+        return row
 
     for composition in inf.COMPOSITION_SPACES:
         out = inf.region_transfer(enc, gen_net, a, b, masks, composition=composition)
         result[composition] = figures(out)
         if composition != "pixel":  # --paste-back: the same background as the pixel composite (exactly A)
-            result[composition + "+paste_back"] = figures(masks * out + (1 - masks) * a)
+            for margin, name in ((None, "+paste_back"), (0, "+paste_back_margin0")):
+                pasted = inf.apply_edits(enc, gen_net, a, [(b, masks)], paste_back=True, paste_margin=margin,
+                                         composition=composition)
+                result[composition + name] = figures(pasted)
     return result
 
 
-def bench_synthetic(iterations: int, device, overrides: dict, model: str | None = None, save_model: str | None = None) -> dict:
+def bench_synthetic(iterations: int, device, overrides: dict, model: str | None = None, save_model: str | None = None,
+                    fades=(2, 4), band_radius: int = 4) -> dict:
     if model:
         enc, gen_net, _ = inf.load_model(model, device=device)
         result = {"model": model}
     else:
         enc, gen_net, seconds = train_synthetic(iterations, device, overrides, save_model=save_model)
         result = {"iterations": iterations, "overrides": overrides, "train_seconds": round(seconds, 1)}
-    result.update(evaluate_synthetic(enc, gen_net, device))
+    result.update(evaluate_synthetic(enc, gen_net, device, fades=fades, band_radius=band_radius))
     print(json.dumps(result, indent=2), flush=True)
     return result
 
@@ -304,6 +336,9 @@ def main(argv=None) -> int:
                    help="training overrides, e.g. w_cc=0 w_ca=0 (the SwapAE ablation) or reg_interval=16")
     q.add_argument("--save-model", default=None, help="also save the trained model to this folder")
     q.add_argument("--model", default=None, help="evaluate this trained model instead of training one")
+    q.add_argument("--fades", type=float, nargs="*", default=[2, 4], metavar="SIGMA",
+                   help="also score against answers whose style fades in over a Gaussian of SIGMA px across the mask border")
+    q.add_argument("--band-radius", type=int, default=4, help="half-width in px of the border band that is scored apart")
     b = sub.add_parser("bundled")
     b.add_argument("--heldout", default="data/region/heldout")
     b.add_argument("--model", default=None)
@@ -321,7 +356,8 @@ def main(argv=None) -> int:
     if args.what == "speed":
         result = bench_speed(args.presets, device, args.train_iters, args.infer_iters, args.batch_size, args.inference_only)
     elif args.what == "synthetic":
-        result = bench_synthetic(args.iterations, device, parse_overrides(args.set), args.model, args.save_model)
+        result = bench_synthetic(args.iterations, device, parse_overrides(args.set), args.model, args.save_model,
+                                 args.fades, args.band_radius)
     else:
         result = bench_bundled(Path(args.heldout), args.model, device)
     if args.json:

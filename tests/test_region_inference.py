@@ -10,7 +10,7 @@ from styleforge.cli.main import main
 from styleforge.errors import InputError
 from styleforge.io import read_metadata
 from styleforge.region import inference as inf
-from styleforge.region.masks import resample_mask
+from styleforge.region.masks import dilate_mask, resample_mask
 from styleforge.region.model import build_models
 from styleforge.region.presets import get_preset
 
@@ -162,10 +162,41 @@ def test_paste_back_keeps_outside_pixels_exactly(nets):
     enc, gen = nets
     a, b = _x(), _x(seed=2)
     m = _block_mask()
-    out = inf.apply_edits(enc, gen, a, [(b, m)], paste_back=True)
+    out = inf.apply_edits(enc, gen, a, [(b, m)], paste_back=True, paste_margin=0)
     region = inf.region_transfer(enc, gen, a, b, m)
     assert torch.equal(out[(m == 0).expand_as(a)], a[(m == 0).expand_as(a)])
     assert torch.equal(out[(m == 1).expand_as(a)], region[(m == 1).expand_as(a)])
+
+
+def test_dilate_mask():
+    m = torch.zeros(1, 1, 16, 16)
+    m[..., 5, 7] = 1
+    assert torch.equal(dilate_mask(m, 0), m)
+    grown = dilate_mask(m, 2)
+    assert torch.equal(grown[..., 3:8, 5:10], torch.ones(1, 1, 5, 5)) and grown.sum() == 25
+
+
+def test_paste_back_margin_restyles_every_touched_feature_cell(nets):
+    enc, gen = nets
+    a, b = _x(), _x(seed=2)
+    m = torch.zeros(2, 1, 32, 32)
+    m[:, :, 9:22, 5:18] = 1  # not aligned to the feature grid: border cells are only partly covered
+    f = enc.downsample_factor
+    grid = (32 // f, 32 // f)
+    out = inf.apply_edits(enc, gen, a, [(b, m)], paste_back=True)  # default margin: one feature cell
+    grown = dilate_mask(m, f)
+    assert torch.equal(out, m * inf.region_transfer(enc, gen, a, b, grown) + (1 - m) * a)
+    touched = resample_mask(m, grid, "area") > 0
+    assert (resample_mask(m, grid, "area")[touched] < 1).any()  # without the margin the border cells are mixed
+    assert (resample_mask(grown, grid, "area")[touched] == 1).all()  # with it every touched cell is B's
+    outside = (m == 0).expand_as(a)
+    assert torch.equal(out[outside], a[outside])
+    assert not torch.equal(out, inf.apply_edits(enc, gen, a, [(b, m)], paste_back=True, paste_margin=0))
+    # the pixel composite is unchanged by the margin
+    pixel = inf.apply_edits(enc, gen, a, [(b, m)], paste_back=True, composition="pixel")
+    assert torch.equal(pixel, inf.region_transfer(enc, gen, a, b, m, composition="pixel"))
+    with pytest.raises(InputError):
+        inf.apply_edits(enc, gen, a, [(b, m)], paste_back=True, paste_margin=-1)
 
 
 def test_pixel_baseline(nets):

@@ -45,6 +45,9 @@ def _register_apply(sub) -> None:
     p.add_argument("--mask", action="append", help="mask image (white = restyle), one per --style; omit for global transfer")
     p.add_argument("--strength", type=float, default=1.0, help="style strength t in [0, 1]: style code (1-t)·S_content + t·S_style")
     p.add_argument("--paste-back", action="store_true", help="keep pixels outside the mask exactly as in the content image")
+    p.add_argument("--paste-margin", type=int, default=None, metavar="PX",
+                   help="with --paste-back, restyle PX pixels beyond the mask before pasting back, so the region keeps the "
+                        "new style up to its edge (default: one feature cell of the model, 2^d px; 0 = the mask itself)")
     p.add_argument("--composition", choices=("feature", "pixel", "content_code"), default="feature",
                    help="where regions are blended: encoder features (the method), pixels or content codes (baselines)")
     p.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="mask resampling to the feature grid")
@@ -155,11 +158,13 @@ def run_apply(args) -> int:
     stylizer = _stylizer(args)
     result = stylizer(
         args.content, style=args.style, mask=args.mask, strength=args.strength, paste_back=args.paste_back,
-        composition=args.composition, mask_resample=args.mask_resample, feather=args.feather, size=args.size,
+        paste_margin=args.paste_margin, composition=args.composition, mask_resample=args.mask_resample,
+        feather=args.feather, size=args.size,
     )
     metadata = {
         "method": "region", "model": args.model or "bundled", "content": args.content, "style": args.style,
-        "mask": args.mask, "strength": args.strength, "paste_back": args.paste_back, "composition": args.composition,
+        "mask": args.mask, "strength": args.strength, "paste_back": args.paste_back,
+        "paste_margin": args.paste_margin, "composition": args.composition,
         "mask_resample": args.mask_resample, "feather": args.feather, "size": args.size, "seed": args.seed,
     }
     save_image(result, out, metadata=metadata, overwrite=args.overwrite, inputs=inputs)

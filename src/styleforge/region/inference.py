@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..errors import InputError, ModelNotFoundError
-from .masks import broadcast_mask, feather_mask, resample_mask
+from .masks import broadcast_mask, dilate_mask, feather_mask, resample_mask
 from .model import RegionEncoder, RegionGenerator
 
 COMPOSITION_SPACES = ("feature", "pixel", "content_code")
@@ -105,23 +105,32 @@ def apply_edits(
     edits: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
     strength: float = 1.0,
     paste_back: bool = False,
+    paste_margin: int | None = None,
     **region_kwargs,
 ) -> torch.Tensor:
     """Successive edits (spec §4, several regions): I⁰ = A, Iᵏ = region_transfer(Iᵏ⁻¹, B_k, M_k).
 
     A ``None`` mask means global transfer. ``paste_back`` returns M·Iᵏ + (1-M)·Iᵏ⁻¹ after each edit, so pixels
-    outside every mask are exactly the content image's.
+    outside every mask are exactly the content image's. Since those pixels are replaced anyway, the feature edit
+    then runs on M grown by ``paste_margin`` pixels (default: one feature cell, 2^d px), so every feature cell
+    the mask touches is fully restyled and the region keeps B's style up to its edge; 0 edits with M itself.
     """
     current = content_image
     n, _, h, w = content_image.shape
+    if paste_margin is None:
+        paste_margin = encoder.downsample_factor
+    if paste_margin < 0:
+        raise InputError(f"paste margin must be >= 0 pixels, got {paste_margin}")
     for style_image, mask in edits:
         if mask is None:
             out = transfer(encoder, generator, current, style_image, strength)
+        elif paste_back:
+            m = broadcast_mask(mask, n, (h, w)).to(current)
+            out = region_transfer(encoder, generator, current, style_image, dilate_mask(m, paste_margin), strength,
+                                  **region_kwargs)
+            out = m * out + (1 - m) * current
         else:
             out = region_transfer(encoder, generator, current, style_image, mask, strength, **region_kwargs)
-            if paste_back:
-                m = broadcast_mask(mask, n, (h, w)).to(out)
-                out = m * out + (1 - m) * current
         current = out
     return current
 
@@ -285,6 +294,7 @@ class RegionStylizer:
         mask=None,
         strength: float = 1.0,
         paste_back: bool = False,
+        paste_margin: int | None = None,
         composition: str = "feature",
         mask_resample: str = "area",
         feather: float = 0.0,
@@ -312,7 +322,7 @@ class RegionStylizer:
             edits.append((style_t, mask_t))
         out = apply_edits(
             self.encoder, self.generator, self._to_tensor(content_img), edits, strength=strength, paste_back=paste_back,
-            composition=composition, mask_resample=mask_resample, feather=feather,
+            paste_margin=paste_margin, composition=composition, mask_resample=mask_resample, feather=feather,
         )
         return tensor_to_pil(out)[0]
 

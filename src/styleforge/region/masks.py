@@ -129,6 +129,13 @@ def feather_mask(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
+def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grow a (N,1,H,W) mask by ``radius`` pixels (a square max filter); 0 returns it unchanged."""
+    if radius <= 0:
+        return mask
+    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+
+
 def broadcast_mask(mask: torch.Tensor, batch: int, size: tuple[int, int]) -> torch.Tensor:
     """Accept (H,W), (1,H,W), (1,1,H,W) or (N,1,H,W) masks and return (batch,1,H,W) at image size ``size``."""
     if mask.ndim == 2:
