@@ -294,6 +294,11 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
     # global transfer: whole-image colour statistics of G(C_A, S_B) against those of A's reconstruction
     dist_swap = distance_to_style(inf.transfer(enc, gen, imgs, styles), full)
     dist_rec_full = distance_to_style(rec, full)
+    # inside the mask with --paste-back (default margin of one feature cell, and margin 0) and the pixel composite
+    pasted = {margin: inf.apply_edits(enc, gen, imgs, [(styles, masks)], paste_back=True, paste_margin=margin)
+              for margin in (None, 0)}
+    closed_inside = {name: round(1 - distance_to_style(x, masks) / dist_before, 3)
+                     for name, x in (("paste_back", pasted[None]), ("paste_back_margin0", pasted[0]), ("pixel", pixel))}
     result = {
         "images": [p.name for p in paths], "pairs": len(pairs), "size": size,
         "reconstruction_psnr": round(psnr(rec, imgs), 2),
@@ -306,6 +311,7 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
         "masked_colour_stats_distance_to_style_reconstruction": round(dist_rec, 4),
         "fraction_of_distance_closed_vs_reconstruction": round(1 - dist_after / dist_rec, 3),
         "global_swap_fraction_of_distance_closed_vs_reconstruction": round(1 - dist_swap / dist_rec_full, 3),
+        "fraction_of_distance_closed_inside_mask": closed_inside,
     }
     print(json.dumps(result, indent=2), flush=True)
     return result
