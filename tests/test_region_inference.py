@@ -291,6 +291,7 @@ def test_cli_apply_writes_result_strip_and_metadata(model_folder, images, tmp_pa
     assert meta["method"] == "region" and meta["strength"] == 1.0
     assert main(argv) == 2  # exists, no --overwrite
     assert main(argv + ["--overwrite", "--strength", "0.5", "--paste-back"]) == 0
+    assert read_metadata(out)["paste_margin"] == 4  # one feature cell of the test preset (2 downsamplings)
     # with --paste-back the pixels outside the mask are exactly the (resized) content image's
     from styleforge.io import load_mask
 

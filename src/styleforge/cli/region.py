@@ -164,7 +164,8 @@ def run_apply(args) -> int:
     metadata = {
         "method": "region", "model": args.model or "bundled", "content": args.content, "style": args.style,
         "mask": args.mask, "strength": args.strength, "paste_back": args.paste_back,
-        "paste_margin": args.paste_margin, "composition": args.composition,
+        "paste_margin": stylizer.encoder.downsample_factor if args.paste_margin is None else args.paste_margin,
+        "composition": args.composition,
         "mask_resample": args.mask_resample, "feather": args.feather, "size": args.size, "seed": args.seed,
     }
     save_image(result, out, metadata=metadata, overwrite=args.overwrite, inputs=inputs)
