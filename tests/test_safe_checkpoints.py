@@ -190,3 +190,18 @@ def test_oneshot_apply_with_a_lightning_diffae(tiny, tmp_path):
     assert main(["oneshot", "apply", "--checkpoint", str(ckpt), "--model", str(evil), "--style", str(tmp_path / "art.png"),
                  "--input", str(tmp_path / "p0.png"), "-o", str(tmp_path / "o2")]) == 2
     assert not (tmp_path / "pwned").exists()
+
+
+def test_oneshot_defaults_are_the_released_recipe():
+    """Training defaults to the official plan and SPN grid-index input; text edits to normalised CLIP inputs."""
+    from styleforge.cli.main import build_parser
+    from styleforge.osasis.train import TrainConfig
+
+    parser = build_parser()
+    train = parser.parse_args(["oneshot", "train", "--style", "a.png", "-o", "run"])
+    assert (train.plan, train.spn_time_input, train.clip_preprocess) == ("official", "grid_index", "official")
+    assert (TrainConfig().plan, TrainConfig().spn_time_input) == ("official", "grid_index")
+    apply = parser.parse_args(["oneshot", "apply", "--run", "run", "--input", "p.png", "-o", "out"])
+    assert apply.clip_preprocess == "proper"
+    pair = parser.parse_args(["pair", "apply", "--style", "s", "--prompt", "p", "-o", "o.png"])
+    assert (pair.scheduler, pair.style_start, pair.style_scale) == ("euler", None, [3.0])
