@@ -310,6 +310,7 @@ def run_apply(args) -> int:
     from ..io import check_output_path, save_image
     from ..osasis.models import LatentDDIMNet
     from ..osasis.pipeline import EditSettings, OSASISPipeline, StylizeSettings, list_inputs
+    from .common import cached_model
 
     if (args.run is None) == (args.checkpoint is None):
         raise InputError("give exactly one of --run (a trained folder) or --checkpoint (an official iter_*.pt)")
@@ -321,12 +322,15 @@ def run_apply(args) -> int:
     device, dtype = _device_dtype(args)
     if args.run:
         meta = json.loads((Path(args.run) / "osasis.json").read_text()) if (Path(args.run) / "osasis.json").exists() else {}
-        pipe = OSASISPipeline.from_run(args.run, diffae=args.model, device=device)
+        pipe = cached_model(("OSASIS-run", args.run, args.model, str(device), args.dtype),
+                            lambda: OSASISPipeline.from_run(args.run, diffae=args.model, device=device))
         plan = args.plan or meta.get("train", {}).get("plan", "official")
     else:
         if not args.style or not args.model:
             raise InputError("--checkpoint needs --style (the artwork it was trained on) and --model (the DiffAE checkpoint)")
-        pipe = OSASISPipeline.from_official(args.checkpoint, diffae=args.model, style_image=args.style, device=device)
+        pipe = cached_model(("OSASIS-official", args.checkpoint, args.model, args.style, str(device), args.dtype),
+                            lambda: OSASISPipeline.from_official(args.checkpoint, diffae=args.model,
+                                                                 style_image=args.style, device=device))
         plan = args.plan or "official"
     style = args.style or pipe.style_image
     settings = StylizeSettings(t0_ratio=args.t0_ratio, encode_steps=args.encode_steps, decode_steps=args.decode_steps,

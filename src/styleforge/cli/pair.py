@@ -205,6 +205,8 @@ def run_apply(args) -> int:
         if not args.model or args.model == "components":
             raise InputError("the style does not name its base model; pass --model")
     pipe = load_pipeline(PairCustomizationPipeline, args)
+    for loaded in list(pipe.styles):  # a model kept from an earlier command (batch, web) starts without styles
+        pipe.unload_style(loaded)
     names = []
     for i, style in enumerate(styles):
         stem = Path(args.styles[i]).stem if Path(args.styles[i]).is_file() else Path(args.styles[i]).name
