@@ -57,7 +57,15 @@ TINY_HPARAMS = {"img_size": 16, "net_ch": 32, "net_ch_mult": (1, 2), "net_num_re
                 "net_latent_condition_bias": 1, "name": "ffhq256_autoenc", "model_conf": {"dropout": 0.1}}
 
 
-def lightning_ckpt(path, tiny, *, latent: bool = False, hparams=None):
+class _WarmupLR:
+    def __init__(self, warmup):
+        self.warmup = warmup
+
+    def __call__(self, step):
+        return min(step, self.warmup) / self.warmup
+
+
+def lightning_ckpt(path, tiny, *, latent: bool = False, hparams=None, extra=None):
     """A faithful Lightning 1.4.x ``last.ckpt`` of DiffAE's ``LitModel`` for the tiny models."""
     ae, lat = tiny["diffae"], tiny["latent"]
     sd = {}
@@ -70,16 +78,18 @@ def lightning_ckpt(path, tiny, *, latent: bool = False, hparams=None):
         sd["conds_mean"], sd["conds_std"] = lat.conds_mean.clone(), lat.conds_std.clone()
     sd["model.out.2.bias"] = sd["model.out.2.bias"] + 1  # the non-EMA copy differs
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=1e-4)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=_WarmupLR(5000))  # DiffAE's schedule: lr_lambdas -> dicts
     with throwaway_classes("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint") as classes:
         ckpt = {
             "epoch": 12, "global_step": 1000, "pytorch-lightning_version": "1.4.5", "state_dict": sd,
             "callbacks": {classes["pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"]: {
                 "monitor": None, "best_model_score": None, "best_model_path": "", "current_score": None,
                 "dirpath": "checkpoints/ffhq256_autoenc"}},
-            "optimizer_states": [opt.state_dict()], "lr_schedulers": [],
+            "optimizer_states": [opt.state_dict()], "lr_schedulers": [warmup.state_dict()],
             "native_amp_scaling_state": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
                                          "growth_interval": 2000, "_growth_tracker": 7},
             "hparams_name": None, "hyper_parameters": dict(TINY_HPARAMS) if hparams is None else hparams,
+            **(extra or {}),
         }
         torch.save(ckpt, path)
     assert "pytorch_lightning" not in sys.modules
@@ -115,7 +125,7 @@ def test_lightning_checkpoint_loads_without_lightning(tiny, tmp_path):
     path = lightning_ckpt(tmp_path / "last.ckpt", tiny, latent=True)
     obj = load_checkpoint(path, "DiffAE checkpoint")
     assert obj["callbacks"] == {} and obj["global_step"] == 1000 and obj["hyper_parameters"]["net_ch"] == 32
-    assert obj["optimizer_states"][0]["param_groups"][0]["lr"] == 1e-4
+    assert obj["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 1e-4 and obj["lr_schedulers"][0]["lr_lambdas"] == [{"warmup": 5000}]
     # the architecture comes from the saved TrainConfig fields (no config passed), EMA weights by default
     ae = load_model(DiffAEAutoencoder, path)
     assert ae.config.model_channels == 32 and _same(ae, tiny["diffae"])
@@ -134,10 +144,11 @@ def test_omegaconf_and_namespace_hyperparameters_are_dropped(tiny, tmp_path):
         conf = classes[names[0]]()
         conf.__dict__.update(_metadata=meta, _parent=None, _content={"lr": 1e-4})
         hp = {"conf": conf, "args": argparse.Namespace(lr=1e-4, gpus=[0])}
-        path = lightning_ckpt(tmp_path / "omega.ckpt", tiny, hparams=hp)
+        # Lightning 1.4 with omegaconf hparams also stores their type under "hparams_type"
+        path = lightning_ckpt(tmp_path / "omega.ckpt", tiny, hparams=hp, extra={"hparams_type": classes[names[0]]})
     assert "omegaconf" not in sys.modules
     obj = load_checkpoint(path)
-    assert obj["hyper_parameters"] == {} and set(obj["state_dict"]) >= {"ema_model.out.2.weight", "x_T"}
+    assert obj["hyper_parameters"] == {} and "hparams_type" not in obj and set(obj["state_dict"]) >= {"ema_model.out.2.weight", "x_T"}
     assert _same(load_model(DiffAEAutoencoder, path, config=TINY_DIFFAE32), tiny["diffae"])
 
 
