@@ -13,6 +13,7 @@ other global is refused before anything is unpickled.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,16 @@ def _plain(obj: Any) -> Any:
     """``obj`` with every stand-in (class or instance) removed: tensors and plain containers only."""
     if isinstance(obj, InertGlobal) or (isinstance(obj, type) and issubclass(obj, InertGlobal)):
         return _DROP
-    if isinstance(obj, dict):
-        out = type(obj)() if type(obj) is not dict else {}
+    if type(obj) in (dict, OrderedDict):
+        out = type(obj)()
         for k, v in obj.items():
             k, v = _plain(k), _plain(v)
             if k is not _DROP and v is not _DROP:
                 out[k] = v
         return out
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        items = [v for v in map(_plain, obj) if v is not _DROP]
-        return type(obj)(items) if type(obj) in (list, tuple) else items
-    return obj
+    if type(obj) in (list, tuple):
+        return type(obj)(v for v in map(_plain, obj) if v is not _DROP)
+    return obj  # tensors, torch.Size, numbers, strings: as loaded
 
 
 def unsafe_globals(path: str | os.PathLike) -> list[str] | None:
