@@ -150,7 +150,8 @@ def official_sample(dpipe, pipe, prompt, suffix, steps, guidance, lora_scale, se
 
 def test_official_file_gives_the_official_pipelines_result(sdxl_components, tmp_path):
     path = official_file(sdxl_components["unet"], tmp_path / "lora-dog-digital-art-style" / "pytorch_lora_weights.safetensors")
-    loaded = StyleAdapter.load(path.parent)  # a folder holding the one diffusers LoRA file
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 8)}, str(path.with_name("pytorch_lora_weights_kohya.safetensors")))
+    loaded = StyleAdapter.load(path.parent)  # the output folder: the diffusers file is chosen over the kohya copy
     assert loaded.metadata["format"] == "diffusers-lora" and loaded.alpha is None and loaded.style_word == ""
     with pytest.raises(InputError, match="no style word"):
         ours(sdxl_components, path)
