@@ -256,7 +256,7 @@ def bench_synthetic(iterations: int, device, overrides: dict, model: str | None 
 def bench_bundled(heldout: Path, model: str | None, device) -> dict:
     from styleforge.io import center_crop_resize, load_image, pil_to_tensor
 
-    stylizer = inf.RegionStylizer.from_pretrained(model, device=device)
+    stylizer = inf.RegionStylizer.from_pretrained(model).to(device)
     size = stylizer.image_size
     paths = sorted(p for p in heldout.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if len(paths) < 2:

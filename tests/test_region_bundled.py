@@ -29,7 +29,7 @@ def test_main_job_on_the_examples(tmp_path):
     strip = Image.open(tmp_path / "region_landscape.strip.png")
     assert strip.height >= 256 and strip.width > 3 * strip.height
     # the output differs from the plain reconstruction inside the mask more than outside it
-    stylizer = RegionStylizer.from_pretrained(device="cpu")
+    stylizer = RegionStylizer.from_pretrained()
     rec = np.asarray(stylizer.reconstruct(EXAMPLES / "content_landscape.png"), dtype=np.float64)
     mask = np.asarray(Image.open(EXAMPLES / "mask_meadow.png").convert("L").resize(result.shape[1::-1], Image.BOX)) > 127
     diff = np.abs(result - rec).mean(axis=2)

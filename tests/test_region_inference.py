@@ -259,26 +259,26 @@ def images(tmp_path):
 def test_stylizer_api(model_folder, images):
     from styleforge import RegionStylizer
 
-    stylizer = RegionStylizer.from_pretrained(model_folder, device="cpu")
-    out = stylizer(images["content"], style=images["style"], mask=images["mask"])
+    stylizer = RegionStylizer.from_pretrained(model_folder).to("cpu")
+    out = stylizer(images["content"], style=images["style"], mask=images["mask"]).images[0]
     assert out.mode == "RGB" and min(out.size) == 32  # the shorter side goes to the training size
     assert out.size == stylizer.working_size(48, 40)
-    again = stylizer(images["content"], style=images["style"], mask=images["mask"])
+    again = stylizer(images["content"], style=images["style"], mask=images["mask"]).images[0]
     assert np.array_equal(np.asarray(out), np.asarray(again))  # deterministic
     rec = stylizer.reconstruct(images["content"])
-    zero = stylizer(images["content"], style=images["style"], mask=images["mask"], strength=0.0)
+    zero = stylizer(images["content"], style=images["style"], mask=images["mask"], strength=0.0).images[0]
     assert not np.array_equal(np.asarray(zero), np.asarray(out))
-    glob = stylizer(images["content"], style=images["style"])
+    glob = stylizer(images["content"], style=images["style"]).images[0]
     assert glob.size == rec.size
-    two = stylizer(images["content"], style=[images["style"], images["style2"]], mask=[images["mask"], images["mask"]])
+    two = stylizer(images["content"], style=[images["style"], images["style2"]], mask=[images["mask"], images["mask"]]).images[0]
     assert two.size == out.size
     with pytest.raises(InputError):
         stylizer(images["content"], style=[images["style"], images["style2"]], mask=[images["mask"]])
     frames = stylizer.interpolate(images["content"], images["style2"], alphas=(0, 1), what="both")
     assert len(frames) == 2 and frames[0].size == out.size
     resaved = stylizer.save_pretrained(model_folder.parent / "copy")
-    copy = RegionStylizer.from_pretrained(resaved, device="cpu")
-    assert np.array_equal(np.asarray(copy(images["content"], style=images["style"], mask=images["mask"])), np.asarray(out))
+    copy = RegionStylizer.from_pretrained(resaved).to("cpu")
+    assert np.array_equal(np.asarray(copy(images["content"], style=images["style"], mask=images["mask"]).images[0]), np.asarray(out))
 
 
 def test_cli_apply_writes_result_strip_and_metadata(model_folder, images, tmp_path):
@@ -295,7 +295,7 @@ def test_cli_apply_writes_result_strip_and_metadata(model_folder, images, tmp_pa
     # with --paste-back the pixels outside the mask are exactly the (resized) content image's
     from styleforge.io import load_mask
 
-    stylizer = inf.RegionStylizer.from_pretrained(model_folder, device="cpu")
+    stylizer = inf.RegionStylizer.from_pretrained(model_folder).to("cpu")
     content = np.asarray(stylizer.prepare_content(images["content"]))
     result = np.asarray(Image.open(out).convert("RGB"))
     outside = load_mask(images["mask"], size=content.shape[:2])[0, 0].numpy() == 0
@@ -329,6 +329,6 @@ def test_cli_interpolate(model_folder, images, tmp_path):
     assert main(["region", "interpolate", "--model", str(model_folder), "--source", str(images["content"]),
                  "--target", str(images["style2"]), "--steps", "4", "-o", str(out), "--device", "cpu"]) == 0
     grid = Image.open(out)
-    stylizer = inf.RegionStylizer.from_pretrained(model_folder, device="cpu")
+    stylizer = inf.RegionStylizer.from_pretrained(model_folder).to("cpu")
     w, h = stylizer.working_size(48, 40)
     assert grid.size == (4 * w, 3 * h)  # rows: content, style, both

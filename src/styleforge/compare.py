@@ -87,14 +87,15 @@ def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, 
     """Region-wise stylizer (TCP), global transfer (or the region under option ``mask``); deterministic."""
     from .io import save_image
     from .region.inference import RegionStylizer
+    from .runtime import resolve_device
 
     key = (str(options.get("model")), str(options.get("device", "auto")), str(options.get("dtype", "fp32")))
     if key not in _REGION_CACHE:
-        _REGION_CACHE[key] = RegionStylizer.from_pretrained(options.get("model"), device=options.get("device", "auto"),
-                                                            dtype=options.get("dtype", "fp32"))
+        _REGION_CACHE[key] = RegionStylizer.from_pretrained(options.get("model"), torch_dtype=options.get("dtype", "fp32")
+                                                            ).to(resolve_device(options.get("device", "auto")))
     stylizer = _REGION_CACHE[key]
     image = stylizer(content, style=reference, mask=options.get("mask"), strength=float(options.get("strength", 1.0)),
-                     paste_back=bool(options.get("paste_back", False)), size=size)
+                     paste_back=bool(options.get("paste_back", False)), size=size).images[0]
     save_image(image, out, overwrite=True, inputs=[content, reference],
                metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size})
 
@@ -123,12 +124,13 @@ def run_cross_image(content: Path, reference: Path, out: Path, seed: int, size: 
     """Cross-Image Attention: the reference's appearance on the content's structure; option domain (default object)."""
     from .cross_image import CrossImageAttentionPipeline
     from .io import save_image
+    from .runtime import resolve_device
 
     key = ("cross-image", str(options.get("model")), str(options.get("device", "auto")), str(options.get("dtype", "fp32")))
     if key not in _PIPELINE_CACHE:
         pipe = CrossImageAttentionPipeline.from_pretrained(options.get("model"), torch_dtype=options.get("dtype", "fp32"),
-                                                           device=options.get("device", "auto"),
                                                            offline=options.get("offline"))
+        pipe.to(resolve_device(options.get("device", "auto")))
         pipe.set_progress_bar_config(disable=True)
         _PIPELINE_CACHE[key] = pipe
     pipe = _PIPELINE_CACHE[key]

@@ -67,10 +67,12 @@ fraction_pair = pair_of(float, "fractions")
 
 
 def load_pipeline(cls, args):
-    """``cls.from_pretrained`` from the common flags (--model --dtype --device --offline)."""
+    """``cls.from_pretrained(...).to(device)`` from the common flags (--model --dtype --device --offline)."""
+    from ..runtime import resolve_device
+
     key = (cls.__qualname__, args.model, args.dtype, args.device, bool(args.offline))
-    return cached_model(key, lambda: cls.from_pretrained(args.model, torch_dtype=args.dtype, device=args.device,
-                                                         offline=args.offline or None))
+    return cached_model(key, lambda: cls.from_pretrained(args.model, torch_dtype=args.dtype,
+                                                         offline=args.offline or None).to(resolve_device(args.device)))
 
 
 # Models kept loaded between commands run in one process (the batch runner and the web page turn this on; a

@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ..diffusion.adain import adain as adain_fn
 from ..diffusion.adain import masked_adain
 from ..diffusion.attention import AttentionController, finest_factors
+from ..diffusion.convention import StepEnd, call_per_item, check_output_type, generator_for, is_batch, postprocess
 from ..diffusion.freeu import FreeUConfig, apply_freeu
 from ..diffusion.inversion import EDIT_FRIENDLY, Inversion, edit_friendly_invert, image_hash
 from ..diffusion.pipeline import SD1, SDXL, StyleforgePipeline
@@ -41,7 +42,9 @@ ADAIN_MODES = ("masked", "full", "off")
 
 @dataclass
 class CrossImageAttentionOutput:
-    images: list  # [transfer, appearance reconstruction, structure reconstruction] (the official order)
+    images: Any  # the transfers, as ``output_type`` asks (one per structure/appearance pair)
+    appearance_reconstructions: Any  # the appearance row of the same run, same type
+    structure_reconstructions: Any  # the structure row, same type
     masks: dict[str, torch.Tensor] | None  # {"structure", "appearance"}: the AdaIN masks on the latent grid
     inversions: dict[str, Inversion]  # {"structure", "appearance"}: reusable for later calls
     activity: list[dict] | None = None  # per iteration: what was active (return_activity=True)
@@ -53,16 +56,18 @@ class CrossImageAttentionOutput:
 
     @property
     def appearance_reconstruction(self):
-        return self.images[1]
+        return self.appearance_reconstructions[0]
 
     @property
     def structure_reconstruction(self):
-        return self.images[2]
+        return self.structure_reconstructions[0]
 
 
 class CrossImageAttentionPipeline(StyleforgePipeline):
     default_model = DEFAULT_SD1_MODEL
     supported_families = (SD1, SDXL)
+    #: rows [OUT, APP, STRUCT] of the denoising loop, offered to ``callback_on_step_end``
+    _callback_tensor_inputs = ["latents"]
 
     @torch.no_grad()
     def __call__(
@@ -107,6 +112,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         attention_chunk_size: int | None = None,
         output_type: str = "pil",
         return_activity: bool = False,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> CrossImageAttentionOutput:
         """Transfer the appearance of ``appearance_image`` onto the structure of ``structure_image``.
 
@@ -115,7 +122,13 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         code's ``cross_attn_64_range`` (layers at the latent's own resolution on SD 1.x), ``swap_range_half`` its
         ``cross_attn_32_range``; ranges count post-skip iterations. ``guidance_rows="output"`` runs the plain pass
         for the OUT row only (exact, 4 instead of 6 UNet rows per guided step); ``"all"`` is the naive schedule.
+        Lists (or batched tensors) of images run one transfer per pair. ``callback_on_step_end`` receives
+        ``latents`` (rows [OUT, APP, STRUCT]) after each iteration and may return replacements.
         """
+        if is_batch(structure_image) or is_batch(appearance_image):
+            return call_per_item(self, locals(), ("structure_image", "appearance_image"))
+        check_output_type(output_type)
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         prompt, object_noun = self._prompt_and_noun(domain, prompt, object_noun, adain, structure_mask, appearance_mask)
         K, S = num_inference_steps, skip_steps
         if not 0 <= S < K:
@@ -144,8 +157,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
                                 extra={"freeu": freeu, "freeu_config": dataclasses.asdict(freeu_config),
                                        "dtype": str(self.unet.dtype), "zero_last_noise": True})
             use_cache = inversion_cache is not None and generator is None and seed is not None
-            if generator is None:
-                generator = torch.Generator("cpu").manual_seed(seed if seed is not None else torch.seed())
+            generator = generator_for(generator, seed)
             inversion_eps = self._eps_fn(cond, uncond, inversion_guidance_scale)
             inversions = {}
             for role, pixels, given, position in (("appearance", app_px, appearance_inversion, 0),
@@ -213,6 +225,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
                         latents[OUT] = self._adain(latents, masks, mask_fallback)[0]
                     if activity is not None:
                         activity.append(dict(plan, i=i, t=int(t)))
+                    if step_end:
+                        latents = step_end(i, t, latents=latents).pop("latents", latents)
         finally:
             if freeu_handle is not None:
                 freeu_handle.disable()
@@ -220,12 +234,10 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         if not torch.isfinite(latents).all():
             raise InputError("the transfer produced NaN values (an empty AdaIN mask with mask_fallback=None, or fp16 "
                              "overflow: try dtype fp32 or bf16)")
-        if output_type == "latent":
-            images = list(latents)
-        else:
-            decoded = self.decode_latents(latents.to(self.unet.dtype))
-            images = list(decoded) if output_type == "pt" else self.to_pil(decoded)
-        return CrossImageAttentionOutput(images, masks, inversions, activity, rows)
+        rows_out = latents if output_type == "latent" else self.decode_latents(latents.to(self.unet.dtype))
+        out, app, struct = (rows_out[r:r + 1] if output_type == "latent" else postprocess(rows_out[r:r + 1], output_type)
+                            for r in (OUT, APP, STRUCT))
+        return CrossImageAttentionOutput(out, app, struct, masks, inversions, activity, rows)
 
     # ------------------------------------------------------------------------------------------- pieces
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+from diffusers import DiffusionPipeline
 
+from ..diffusion.convention import (call_per_item, check_output_type, deprecated, is_batch, loading_keywords, move_to,
+                                    postprocess)
 from ..errors import InputError, ModelNotFoundError
 from .masks import broadcast_mask, dilate_mask, feather_mask, resample_mask
 from .model import RegionEncoder, RegionGenerator
@@ -190,13 +194,13 @@ def find_model_folder(model: str | os.PathLike | None) -> Path:
     raise ModelNotFoundError(f"{model} is not a region model folder (expected encoder/ and generator/ in it)")
 
 
-def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch.float32):
+def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch.float32, variant: str | None = None):
     """(encoder, generator, info) in eval mode from :func:`find_model_folder`'s answer."""
     folder = find_model_folder(model)
     prefix = "_ema" if (folder / "encoder_ema").is_dir() else ""
     try:
-        encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}", torch_dtype=dtype)
-        generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}", torch_dtype=dtype)
+        encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}", torch_dtype=dtype, variant=variant)
+        generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}", torch_dtype=dtype, variant=variant)
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelNotFoundError(f"could not load the region model in {folder}: {e}") from None
     info = {}
@@ -210,42 +214,45 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch
 # --------------------------------------------------------------------------------------------- image level
 
 
-class RegionStylizer:
+@dataclass
+class RegionStylizerOutput:
+    images: Any  # the results as ``output_type`` asks (PIL list, (B, H, W, 3) array or (B, 3, H, W) tensor)
+    sizes: list  # the working size (w, h) of each result
+
+
+class RegionStylizer(DiffusionPipeline):
     """Region-wise photorealistic style transfer (TCP) on images.
 
-    >>> stylizer = RegionStylizer.from_pretrained()          # the bundled model
+    >>> stylizer = RegionStylizer.from_pretrained()          # the bundled model; .to("cuda") to move it
     >>> out = stylizer("content.png", style="style.png", mask="mask.png")
-    >>> out.save("out.png")
+    >>> out.images[0].save("out.png")
 
     Images are worked on at the model's training resolution (the content's shorter side is resized to it, each
     side rounded to a multiple of the encoder's downsampling factor; the style image is centre-cropped and
     resized to a square of that size). ``size`` picks another working resolution.
     """
 
+    model_cpu_offload_seq = "encoder->generator"
+    _callback_tensor_inputs: list[str] = []  # one forward pass: no steps to report
+
     def __init__(self, encoder: RegionEncoder, generator: RegionGenerator, info: dict | None = None):
-        self.encoder = encoder.eval().requires_grad_(False)
-        self.generator = generator.eval().requires_grad_(False)
+        super().__init__()
+        self.register_modules(encoder=encoder.eval().requires_grad_(False), generator=generator.eval().requires_grad_(False))
         self.info = dict(info or {})
         self.image_size = int(self.info.get("image_size", encoder.config.image_size))
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike | None = None, device: str | torch.device = "auto", dtype="fp32") -> "RegionStylizer":
-        """Load the bundled model (``model=None``), a folder written by ``styleforge region train``, or a checkpoint."""
-        from ..runtime import resolve_device, resolve_dtype
-
-        encoder, generator, info = load_model(model, resolve_device(device), resolve_dtype(dtype))
-        return cls(encoder, generator, info)
+    def from_pretrained(cls, model: str | os.PathLike | None = None, *, torch_dtype: torch.dtype | str | None = None,
+                        variant: str | None = None, device=None, dtype=None) -> "RegionStylizer":
+        """Load the bundled model (``model=None``), a folder written by ``styleforge region train``, or a checkpoint,
+        on the CPU in float32 unless ``torch_dtype`` (or ``dtype``) says otherwise; then ``.to(device)``
+        (``device=`` is deprecated)."""
+        torch_dtype, device = loading_keywords(torch_dtype, device, dtype)
+        encoder, generator, info = load_model(model, "cpu", torch_dtype or torch.float32, variant)
+        return move_to(cls(encoder, generator, info), device)
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         return save_model(folder, self.encoder, self.generator, self.info)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.encoder.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.encoder.parameters()).dtype
 
     # ---- image preparation
     def working_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
@@ -299,11 +306,24 @@ class RegionStylizer:
         mask_resample: str = "area",
         feather: float = 0.0,
         size: int | None = None,
-    ):
-        """Stylize ``content``. ``style``/``mask`` may be single items or equal-length lists of (style, mask)
-        pairs applied in order; no mask means global transfer. Returns an RGB PIL image at working size."""
-        from ..io import tensor_to_pil
-
+        *,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        output_type: str = "pil",
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> RegionStylizerOutput:
+        """Stylize ``content`` (an image, or a list/batch of images each stylized the same way). ``style``/``mask``
+        may be single items or equal-length lists of (style, mask) pairs applied in order; no mask means global
+        transfer. Results are at working size. Inference is deterministic (``generator``/``seed`` are accepted for
+        the common convention and change nothing); it is one forward pass, so there are no steps: a
+        ``callback_on_step_end`` and ``output_type="latent"`` are refused."""
+        if is_batch(content):
+            return call_per_item(self, locals(), ("content",))
+        check_output_type(output_type, has_latents=False)
+        if callback_on_step_end is not None:
+            raise InputError("the region stylizer is one forward pass with no denoising steps: callback_on_step_end "
+                             "does not apply")
         styles = list(style) if isinstance(style, (list, tuple)) else ([style] if style is not None else [])
         if not styles:
             raise InputError("at least one style image is needed")
@@ -324,9 +344,12 @@ class RegionStylizer:
             self.encoder, self.generator, self._to_tensor(content_img), edits, strength=strength, paste_back=paste_back,
             paste_margin=paste_margin, composition=composition, mask_resample=mask_resample, feather=feather,
         )
-        return tensor_to_pil(out)[0]
+        return RegionStylizerOutput(postprocess(out, output_type), [(w, h)])
 
-    apply = __call__
+    def apply(self, *args, **kwargs):
+        """The result of ``__call__`` as one PIL image (the older return value); deprecated."""
+        deprecated("RegionStylizer.apply(...)", "RegionStylizer(...).images[0]")
+        return self(*args, **kwargs).images[0]
 
     def interpolate(self, source, target, alphas: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), what: str = "style", size: int | None = None):
         """Images along the content or style interpolation from ``source`` to ``target`` (list of PIL)."""
