@@ -288,3 +288,19 @@ def test_attention_control_leaves_the_users_processors_alone(name, pipes):
         assert sum(isinstance(p, SlicedAttnProcessor) for p in after.values()) == len(after) - 1
     finally:
         pipe.unet.set_attn_processor(AttnProcessor2_0())
+
+
+# --------------------------------------------------------------------------------------------- CLI metadata
+
+
+def test_region_metadata_keeps_input_paths_as_given(folders, tmp_path, monkeypatch):
+    from styleforge.cli.main import main
+    from styleforge.io import read_metadata
+
+    monkeypatch.chdir(tmp_path)
+    _img(0, 40).save("content.png")
+    _img(1).save("look.png")
+    assert main(["region", "apply", "--model", str(folders["region"]), "--content", "content.png", "--style", "look.png",
+                 "-o", "out.png", "--device", "cpu", "--strip", "false"]) == 0
+    meta = read_metadata("out.png")
+    assert meta["content"] == "content.png" and meta["style"] == ["look.png"]
