@@ -203,8 +203,13 @@ def test_list_inputs_are_batched_item_by_item(name, pipes):
     batch = _call(name, pipe, image=items, seed=0, output_type="pt")
     assert batch.images.shape[0] == 2
     for i, item in enumerate(items):
-        alone = _call(name, pipe, image=item, seed=0, output_type="pt").images
-        torch.testing.assert_close(batch.images[i:i + 1], alone, atol=1e-5, rtol=0)
+        alone = _call(name, pipe, image=item, seed=0, output_type="pt")
+        torch.testing.assert_close(batch.images[i:i + 1], alone.images, atol=1e-5, rtol=0)
+        for f in dataclasses.fields(alone):  # the per-image extras are joined like the images
+            if f.metadata.get("per_image") and getattr(alone, f.name) is not None:
+                joined, single = getattr(batch, f.name), getattr(alone, f.name)
+                assert len(joined) == 2 and (torch.allclose(joined[i:i + 1], single, atol=1e-5)
+                                             if isinstance(single, torch.Tensor) else joined[i:i + 1] == single)
 
 
 # --------------------------------------------------------------------------------------------- callbacks

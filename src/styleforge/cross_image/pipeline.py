@@ -24,7 +24,8 @@ import torch
 from ..diffusion.adain import adain as adain_fn
 from ..diffusion.adain import masked_adain
 from ..diffusion.attention import AttentionController, finest_factors
-from ..diffusion.convention import StepEnd, call_per_item, check_output_type, generator_for, is_batch, postprocess
+from ..diffusion.convention import (StepEnd, call_per_item, check_output_type, generator_for, is_batch, per_image,
+                                    postprocess)
 from ..diffusion.freeu import FreeUConfig, apply_freeu
 from ..diffusion.inversion import EDIT_FRIENDLY, Inversion, edit_friendly_invert, image_hash
 from ..diffusion.pipeline import SD1, SDXL, StyleforgePipeline
@@ -43,8 +44,8 @@ ADAIN_MODES = ("masked", "full", "off")
 @dataclass
 class CrossImageAttentionOutput:
     images: Any  # the transfers, as ``output_type`` asks (one per structure/appearance pair)
-    appearance_reconstructions: Any  # the appearance row of the same run, same type
-    structure_reconstructions: Any  # the structure row, same type
+    appearance_reconstructions: Any = per_image()  # the appearance row of the same run, same type
+    structure_reconstructions: Any = per_image()  # the structure row, same type
     masks: dict[str, torch.Tensor] | None  # {"structure", "appearance"}: the AdaIN masks on the latent grid
     inversions: dict[str, Inversion]  # {"structure", "appearance"}: reusable for later calls
     activity: list[dict] | None = None  # per iteration: what was active (return_activity=True)

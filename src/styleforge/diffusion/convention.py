@@ -106,19 +106,27 @@ def broadcast(*values) -> list[tuple]:
     return list(zip(*[v if v is not None else [value] * size for v, value in zip(lists, values)]))
 
 
+def per_image(**kwargs):
+    """A dataclass field holding one entry per image (joined like ``images`` when list inputs are merged)."""
+    return dataclasses.field(metadata={"per_image": True}, **kwargs)
+
+
 def merge_outputs(outputs: Sequence[Any]):
-    """Per-item outputs of one dataclass as one: ``images`` joined as a batch, every extra a list per item."""
+    """Per-item outputs of one dataclass as one: ``images`` and the :func:`per_image` fields joined as a batch,
+    every other extra a list with one entry per item."""
     first = outputs[0]
     if len(outputs) == 1:
         return first
     merged = {}
     for f in dataclasses.fields(first):
         values = [getattr(o, f.name) for o in outputs]
-        merged[f.name] = join_images(values) if f.name == "images" else values
+        merged[f.name] = join_images(values) if f.name == "images" or f.metadata.get("per_image") else values
     return type(first)(**merged)
 
 
 def join_images(batches: Sequence[Any]):
+    if all(b is None for b in batches):
+        return None
     if isinstance(batches[0], list):
         return [img for b in batches for img in b]
     if len({tuple(b.shape[1:]) for b in batches}) > 1:

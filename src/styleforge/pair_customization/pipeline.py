@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..diffusion.convention import StepEnd, call_per_item, check_output_type, generator_for, is_batch, postprocess
+from ..diffusion.convention import (StepEnd, call_per_item, check_output_type, generator_for, is_batch, per_image,
+                                    postprocess)
 from ..diffusion.inversion import DDIM, ddim_invert, image_hash
 from ..diffusion.pipeline import SD1, SDXL, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
@@ -43,7 +44,7 @@ DEFAULT_GUIDANCE = {SD1: 7.5, SDXL: 5.0}
 @dataclass
 class PairCustomizationOutput:
     images: Any  # stylized images as ``output_type`` asks (PIL list, array, tensor or latents)
-    base_images: Any = None  # the unstyled images from the same seed, same type (return_base=True)
+    base_images: Any = per_image(default=None)  # the unstyled images from the same seed, same type (return_base=True)
     latents: torch.Tensor | None = None  # final stylized latents
     unet_rows: int = 0  # UNet row-evaluations spent in the sampling loops
 

@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..diffusion.attention import AttentionController
-from ..diffusion.convention import StepEnd, call_per_item, check_output_type, generator_for, is_batch, postprocess
+from ..diffusion.convention import (StepEnd, call_per_item, check_output_type, generator_for, is_batch, per_image,
+                                    postprocess)
 from ..diffusion.inversion import ddim_invert
 from ..diffusion.pipeline import SD1, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
@@ -50,7 +51,7 @@ REFERENCE_MODES = ("interleaved", "stored")
 @dataclass
 class Pix2PixZeroConOutput:
     images: Any  # edited images as ``output_type`` asks: PIL list, (B, H, W, 3) array, (B, 3, H, W) tensor or latents
-    reconstruction: Any  # the reference trajectory's result, same type
+    reconstruction: Any = per_image()  # the reference trajectory's result, same type
     caption: str  # the caption P the image was inverted and reconstructed with
     inverted_latent: torch.Tensor  # x_T, (1, 4, h, w)
     edit_direction: EditDirection  # delta_c, (1, 77, D)

@@ -18,7 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..diffusion.convention import (call_per_item, check_output_type, deprecated, is_batch, loading_keywords, move_to,
-                                    postprocess)
+                                    per_image, postprocess)
 from ..errors import InputError, ModelNotFoundError
 from .masks import broadcast_mask, dilate_mask, feather_mask, resample_mask
 from .model import RegionEncoder, RegionGenerator
@@ -217,7 +217,7 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch
 @dataclass
 class RegionStylizerOutput:
     images: Any  # the results as ``output_type`` asks (PIL list, (B, H, W, 3) array or (B, 3, H, W) tensor)
-    sizes: list  # the working size (w, h) of each result
+    sizes: list = per_image()  # the working size (w, h) of each result
 
 
 class RegionStylizer(DiffusionPipeline):
