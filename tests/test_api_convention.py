@@ -270,27 +270,37 @@ def test_attention_control_leaves_the_users_processors_alone(name, pipes):
     from styleforge.diffusion.attention import attention_layers
 
     class Counting(AttnProcessor2_0):
-        calls = 0
+        def __init__(self):
+            super().__init__()
+            self.calls = self.while_controlled = 0
 
-        def __call__(self, *args, **kwargs):
-            Counting.calls += 1
-            return super().__call__(*args, **kwargs)
+        def __call__(self, attn, *args, **kwargs):
+            self.calls += 1
+            self.while_controlled += attn.processor is not self  # called by the method's processor, as its fallback
+            return super().__call__(attn, *args, **kwargs)
 
     pipe = pipes[name]
     pipe.enable_attention_slicing(1)
-    # a layer neither method controls: encoder self-attention for Cross-Image Attention (it swaps in the decoder),
-    # decoder self-attention for pix2pix-zeroCon (its maps are cross-attention, its PatchNCE features the encoder's)
-    place = "down" if name == "cross_image" else "up"
-    free = next(layer.name for layer in attention_layers(pipe.unet) if layer.place == place and layer.kind == "self")
-    counting = Counting()
-    pipe.unet.get_submodule(free).set_processor(counting)
+    # Cross-Image Attention controls decoder self-attention (encoder self-attention is free), pix2pix-zeroCon its
+    # PatchNCE layers, encoder self-attention by default (decoder self-attention is free)
+    free_place, controlled_place = ("down", "up") if name == "cross_image" else ("up", "down")
+    self_layers = [layer for layer in attention_layers(pipe.unet) if layer.kind == "self"]
+    free = next(layer.name for layer in self_layers if layer.place == free_place)
+    controlled = next(layer.name for layer in self_layers if layer.place == controlled_place)
+    counters = {free: Counting(), controlled: Counting()}
+    for layer, processor in counters.items():
+        pipe.unet.get_submodule(layer).set_processor(processor)
     before = dict(pipe.unet.attn_processors)
     try:
         _call(name, pipe, seed=0, output_type="latent")
         after = pipe.unet.attn_processors
-        assert all(after[k] is v for k, v in before.items())  # nothing replaced, everything restored
-        assert Counting.calls > 0  # the user's processor ran during the call
-        assert sum(isinstance(p, SlicedAttnProcessor) for p in after.values()) == len(after) - 1
+        assert all(after[k] is v for k, v in before.items())  # everything is as the user left it
+        assert sum(isinstance(p, SlicedAttnProcessor) for p in after.values()) == len(after) - 2
+        # the free layer ran the user's processor throughout and was never taken; the controlled one ran it whenever
+        # the method left it alone (CIA: outside its swap window and in the plain guidance pass; pix2pix-zeroCon:
+        # in the noise passes)
+        assert counters[free].calls > counters[controlled].calls and counters[free].while_controlled == 0
+        assert counters[controlled].while_controlled > 0
     finally:
         pipe.unet.set_attn_processor(AttnProcessor2_0())
 

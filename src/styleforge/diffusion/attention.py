@@ -129,6 +129,9 @@ class AttentionHook(Protocol):
 
     def __call__(self, call: AttentionCall) -> None: ...
 
+    # optional: ``active(layer, state) -> bool``, False while the hook would do nothing (the layer then runs the
+    # processor it had before, e.g. the user's attention slicing)
+
 
 def attention_probs(query, key, scale: float, mask=None) -> torch.Tensor:
     logits = torch.matmul(query, key.transpose(-1, -2)) * scale
@@ -168,8 +171,9 @@ class ControlledAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         hooks = self.controller.hooks_for(self.layer)
         if not hooks and self.fallback is not None:
+            extra = dict(kwargs, **({"temb": temb} if temb is not None else {}))  # e.g. sliced attention takes no temb
             return self.fallback(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                 attention_mask=attention_mask, temb=temb, **kwargs)
+                                 attention_mask=attention_mask, **extra)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -283,7 +287,10 @@ class AttentionController:
         self.hooks.remove(hook)
 
     def hooks_for(self, layer: AttentionLayer) -> list:
-        return [h for h in self.hooks if getattr(h, "selector", None) is None or h.selector(layer)]
+        """The hooks that act on ``layer`` now: selected by it, and not idle (a hook's optional
+        ``active(layer, state)`` says False when it would leave this call alone)."""
+        return [h for h in self.hooks if (getattr(h, "selector", None) is None or h.selector(layer))
+                and (getattr(h, "active", None) is None or h.active(layer, self.state))]
 
     def select(self, selector: Callable[[AttentionLayer], bool]) -> list[AttentionLayer]:
         return [layer for layer in self.layers if selector(layer)]
