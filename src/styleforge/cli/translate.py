@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common_args, add_subcommand, fraction_pair, str2bool
+from .. import validation as V
+from .common import add_common_args, add_subcommand, str2bool
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -22,7 +23,7 @@ def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
     g.add_argument("--sentence-source", choices=("template", "prompt_template", "single"), default=None,
                    help="sentences for word/prompt edits: the built-in template generator, paired prompt variations, or "
                         "the word/prompt alone; unset: template for words, single for prompts")
-    g.add_argument("--num-sentences", type=int, default=1000, help="sentences per side from the generator")
+    g.add_argument("--num-sentences", type=V.Number(int, 1, 100_000), default=1000, help="sentences per side from the generator")
     g.add_argument("--no-direction-cache", action="store_true", help="do not read or write cached mean embeddings")
 
 
@@ -36,37 +37,37 @@ def register(sub) -> None:
                                    "patch features (PatchNCE).")
     p.add_argument("image", help="input image")
     _add_edit_args(p, with_direction=True)
-    p.add_argument("--edit-multiplier", type=float, default=1.0, help="w in c_hat = c + w * delta_c")
+    p.add_argument("--edit-multiplier", type=V.finite, default=1.0, help="w in c_hat = c + w * delta_c")
     g = p.add_argument_group("caption")
     g.add_argument("--caption", help="caption of the input image (default: BLIP)")
     g.add_argument("--captioner", default="auto", help="BLIP captioning model id or folder; 'auto' = Salesforce/blip-image-captioning-base; 'none' = never caption")
     g = p.add_argument_group("guidance")
-    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=50, help="DDIM steps N")
-    g.add_argument("--xa-guidance", type=float, default=0.1, help="guidance rate lambda: one gradient step of this size per timestep (Eq. 18)")
-    g.add_argument("--xa-weight", type=float, default=1.0, help="lambda_c, weight of the cross-attention loss")
-    g.add_argument("--contrastive-weight", type=float, default=1.0, help="lambda_e, weight of the PatchNCE loss (0 = pix2pix-zero)")
-    g.add_argument("--cfg-scale", "--negative-guidance-scale", dest="cfg_scale", type=float, default=5.0, help="classifier-free guidance scale of both passes")
+    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=V.steps, default=50, help="DDIM steps N")
+    g.add_argument("--xa-guidance", type=V.non_negative, default=0.1, help="guidance rate lambda: one gradient step of this size per timestep (Eq. 18)")
+    g.add_argument("--xa-weight", type=V.non_negative, default=1.0, help="lambda_c, weight of the cross-attention loss")
+    g.add_argument("--contrastive-weight", type=V.non_negative, default=1.0, help="lambda_e, weight of the PatchNCE loss (0 = pix2pix-zero)")
+    g.add_argument("--cfg-scale", "--negative-guidance-scale", dest="cfg_scale", type=V.finite, default=5.0, help="classifier-free guidance scale of both passes")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the caption, pix2pix-zero's real-image mode)")
     g.add_argument("--guidance-mode", choices=("p2pzero_code", "paper"), default="p2pzero_code",
                    help="official code (both CFG copies guided, the negative copy stepped) or Algorithm 1 (one latent, conditional branch)")
     g.add_argument("--update-latent-before-step", type=str2bool, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
-    g.add_argument("--guided-steps", type=fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
+    g.add_argument("--guided-steps", type=V.fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
     g.add_argument("--cut-layers", choices=("down_attn1", "up_attn1", "all_attn1", "down_resnet"), default="down_attn1",
                    help="PatchNCE feature layers: encoder self-attention, decoder self-attention (CDS), all, encoder ResNets")
-    g.add_argument("--cut-num-patches", type=int, default=256, help="patches S per layer and patch size")
-    g.add_argument("--cut-patch-sizes", type=int, nargs="+", default=[1, 2], help="patch sizes (average-pooled p x p)")
-    g.add_argument("--cut-tau", type=float, default=0.07, help="PatchNCE temperature")
+    g.add_argument("--cut-num-patches", type=V.count, default=256, help="patches S per layer and patch size")
+    g.add_argument("--cut-patch-sizes", type=V.count, nargs="+", default=[1, 2], help="patch sizes (average-pooled p x p)")
+    g.add_argument("--cut-tau", type=V.positive, default=0.07, help="PatchNCE temperature")
     g = p.add_argument_group("inversion")
     g.add_argument("--inversion-grid", choices=("symmetric", "p2pzero"), default="symmetric", help="exact inverse of the sampler's grid, or the official code's (N-2 calls)")
-    g.add_argument("--reg-lambda-ac", type=float, default=20.0, help="autocorrelation regulariser weight")
-    g.add_argument("--reg-lambda-kl", type=float, default=20.0, help="KL regulariser weight")
-    g.add_argument("--reg-steps", type=int, default=5, help="regulariser outer iterations per inversion step (0 = off)")
-    g.add_argument("--reg-rolls", type=int, default=5, help="autocorrelation steps per outer iteration")
+    g.add_argument("--reg-lambda-ac", type=V.non_negative, default=20.0, help="autocorrelation regulariser weight")
+    g.add_argument("--reg-lambda-kl", type=V.non_negative, default=20.0, help="KL regulariser weight")
+    g.add_argument("--reg-steps", type=V.non_negative_int, default=5, help="regulariser outer iterations per inversion step (0 = off)")
+    g.add_argument("--reg-rolls", type=V.non_negative_int, default=5, help="autocorrelation steps per outer iteration")
     g.add_argument("--vae-sample", action="store_true", help="sample the VAE posterior (seeded) instead of taking its mode")
     g.add_argument("--save-inversion", metavar="FILE", help="also write the inverted latent x_T with its caption (.safetensors)")
     g.add_argument("--inversion", metavar="FILE", help="edit a saved inversion instead of inverting again (its caption is used unless --caption is given)")
     g = p.add_argument_group("runtime and outputs")
-    g.add_argument("--size", type=int, default=None, help="square working size (default: long side at the model's resolution, aspect kept)")
+    g.add_argument("--size", type=V.side, default=None, help="square working size (default: long side at the model's resolution, aspect kept)")
     g.add_argument("--reference-mode", choices=("interleaved", "stored"), default="interleaved",
                    help="run each reference step just before its guided step (least memory) or the whole reference pass first")
     g.add_argument("--offload-reference", action="store_true", help="with --reference-mode stored: keep the reference records on the CPU")
