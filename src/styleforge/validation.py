@@ -25,8 +25,8 @@ MAX_ASPECT_RATIO = 16.0
 
 
 def option_name(name: str) -> str:
-    """``"num_seeds"`` -> ``"--num-seeds"``; names that already look like flags are kept."""
-    return name if name.startswith("-") else "--" + name.replace("_", "-")
+    """How a Python keyword is named in a refusal (the keyword itself; the CLI's argparse names the flag)."""
+    return name
 
 
 def _fmt(x: float) -> str:
@@ -160,9 +160,10 @@ fraction_pair = Pair(fraction)
 int_pair = Pair(non_negative_int)
 
 
-def check(value: Any, rule: Number | Pair, name: str) -> Any:
-    """``rule.check(value, name)``: for Python entry points, e.g. ``check(strength, fraction, "strength")``."""
-    return rule.check(value, name)
+def check_all(**named: tuple[Any, "Number | Pair"]) -> None:
+    """For Python entry points: ``check_all(strength=(strength, fraction), steps=(steps, V.steps))``."""
+    for name, (value, rule) in named.items():
+        rule.check(value, name)
 
 
 def check_working_size(width: int, height: int, what: str = "working image") -> None:

@@ -213,7 +213,7 @@ def run_train(args) -> int:
     from ..io import save_image, tensor_to_pil
     from ..osasis.losses import LossWeights
     from ..osasis.models import DiffAEAutoencoder, LatentDDIMNet
-    from ..osasis.train import OSASISTrainer, TrainConfig
+    from ..osasis.train import TrainConfig
 
     run = Path(args.output)
     config = TrainConfig(
@@ -243,8 +243,23 @@ def run_train(args) -> int:
     if run_style.exists() and not run_style.samefile(args.style):
         if not args.overwrite and (_style_tensor(run_style, size) - style).abs().max() > 1 / 127.5:
             raise InputError(f"{run_style} (from prepare) is not the --style artwork; use the same artwork or --overwrite")
-    if not run_style.exists() or (args.overwrite and not run_style.samefile(args.style)):
-        save_image(tensor_to_pil(style)[0], run_style, overwrite=True, inputs=[args.style])
+    new_style = not run_style.exists()
+    try:
+        if new_style or (args.overwrite and not run_style.samefile(args.style)):
+            save_image(tensor_to_pil(style)[0], run_style, overwrite=True, inputs=[args.style])
+        _train(args, run, config, unet_a, latent, style, photo, device)
+    except BaseException:
+        if new_style and not any((run / "ckpt").glob("iter_*.pt")):  # a failed first run leaves no style.png behind
+            run_style.unlink(missing_ok=True)
+        raise
+    return 0
+
+
+def _train(args, run, config, unet_a, latent, style, photo, device) -> None:
+    from pathlib import Path
+
+    from ..osasis.train import OSASISTrainer
+
     embed = _clip(args.clip, args.offline or None, args.clip_preprocess, need_tokenizer=False).to(device)
     perceptual = _lpips(args, args.lpips_weight)
     if perceptual is not None:
@@ -260,7 +275,6 @@ def run_train(args) -> int:
         print(f"wrote {run / 'model'} (iteration {trainer.iteration})")
     else:
         print(f"stopped at iteration {trainer.iteration}; continue with --resume")
-    return 0
 
 
 # ------------------------------------------------------------------------------------------------ apply

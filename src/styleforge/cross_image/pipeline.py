@@ -116,6 +116,18 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         ``cross_attn_32_range``; ranges count post-skip iterations. ``guidance_rows="output"`` runs the plain pass
         for the OUT row only (exact, 4 instead of 6 UNet rows per guided step); ``"all"`` is the naive schedule.
         """
+        from .. import validation as V
+
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), skip_steps=(skip_steps, V.non_negative_int),
+                    swap_range_full=(swap_range_full, V.int_pair), swap_range_half=(swap_range_half, V.int_pair),
+                    adain_range=(adain_range, V.int_pair), guidance_range=(guidance_range, V.int_pair),
+                    contrast_strength=(contrast_strength, V.positive), swap_guidance_scale=(swap_guidance_scale, V.finite),
+                    structure_injection_period=(structure_injection_period, V.count),
+                    structure_injection_limit=(structure_injection_limit, V.non_negative_int),
+                    inversion_guidance_scale=(inversion_guidance_scale, V.finite), num_segments=(num_segments, V.count),
+                    size=(size, V.optional_side), attention_chunk_size=(attention_chunk_size, V.optional_count))
+        for name, value in vars(freeu_config).items():
+            V.finite.check(value, f"freeu_config.{name}")
         prompt, object_noun = self._prompt_and_noun(domain, prompt, object_noun, adain, structure_mask, appearance_mask)
         K, S = num_inference_steps, skip_steps
         if not 0 <= S < K:

@@ -101,8 +101,11 @@ class StyleforgePipeline(DiffusionPipeline):
 
     def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image") -> torch.Tensor:
         """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1]."""
+        from ..validation import check_working_size
+
         size = size or self.default_resolution
         w, h = (size, size) if isinstance(size, int) else size
+        check_working_size(w, h, f"the {name}'s working size")
         if w % self.vae_scale_factor or h % self.vae_scale_factor:
             raise InputError(f"image size must be a multiple of {self.vae_scale_factor}, got {w}x{h}")
         return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h)))
@@ -179,8 +182,12 @@ class InversionPipeline(StyleforgePipeline):
         from .inversion import DDIM, EDIT_FRIENDLY, ddim_invert, edit_friendly_invert, image_hash
         from .sampling import ddim_sample, edit_friendly_sample, noise_predictor
 
+        from .. import validation as V
+
         if kind not in (DDIM, EDIT_FRIENDLY):
             raise InputError(f"kind must be {DDIM!r} or {EDIT_FRIENDLY!r}, got {kind!r}")
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), guidance_scale=(guidance_scale, V.finite),
+                    eta=(eta, V.non_negative), size=(size, V.optional_side))
         pixels = self.preprocess(image, size)
         h, w = pixels.shape[-2:]
         cond = self.encode_prompt(prompt, height=h, width=w)
