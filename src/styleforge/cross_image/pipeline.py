@@ -152,7 +152,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         try:
             # 1. inversions (APP first, then STRUCT: the official order of draws from one generator)
             inv_settings = dict(prompt=prompt, negative_prompt="", guidance_scale=float(inversion_guidance_scale),
-                                model_id=self.model_id,
+                                model_id=self.model_id, family=self.family,
                                 extra={"freeu": freeu, "freeu_config": dataclasses.asdict(freeu_config),
                                        "dtype": str(self.unet.dtype), "zero_last_noise": True})
             use_cache = inversion_cache is not None and generator is None and seed is not None
@@ -272,6 +272,9 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
     def _invert(self, role, pixels, given, position, K, eps_fn, generator, cache, seed, settings) -> Inversion:
         shape = (4, pixels.shape[-2] // self.vae_scale_factor, pixels.shape[-1] // self.vae_scale_factor)
         if given is not None:
+            if given.family and given.family != self.family:
+                raise InputError(f"the {role} inversion was made with an {given.family.upper()} model; this model is "
+                                 f"{self.family.upper()} (invert the image again with this model)")
             if given.kind != EDIT_FRIENDLY or given.noise is None or len(given.timesteps) != K:
                 raise InputError(f"the {role} inversion must be edit-friendly with {K} steps")
             if tuple(given.latents.shape[1:]) != (self.unet.config.in_channels,) + shape[1:]:

@@ -51,7 +51,8 @@ class StyleforgePipeline(DiffusionPipeline):
         except ModelNotFoundError:
             raise
         except Exception as e:  # missing component files, bad configs, unloadable weights
-            raise ModelNotFoundError(f"could not load model {model!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+            first_line = (str(e).strip().splitlines() or ["its files cannot be read"])[0][:200]
+            raise ModelNotFoundError(f"could not load model {model!r} (damaged or incomplete folder?): {first_line}") from None
         pipe.register_to_config(_name_or_path=model)
         if device is not None:
             pipe.to(resolve_device(device))
@@ -194,7 +195,7 @@ class InversionPipeline(StyleforgePipeline):
         uncond = self.encode_prompt(negative_prompt, negative=True, height=h, width=w) if guidance_scale != 1.0 else None
         eps_fn = noise_predictor(self.unet, cond, uncond=uncond, guidance_scale=guidance_scale)
         settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
-                        seed=seed, model_id=self.model_id, image_hash=image_hash(pixels),
+                        seed=seed, model_id=self.model_id, family=self.family, image_hash=image_hash(pixels),
                         extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise} if kind == EDIT_FRIENDLY else {}))
         key = dict(settings, kind=kind, num_inference_steps=num_inference_steps, eta=eta if kind == EDIT_FRIENDLY else 0.0)
         inv = cache.get(**key) if cache is not None else None

@@ -606,8 +606,8 @@ def read_torch_file(path: str | os.PathLike, what: str) -> dict:
         raise ModelNotFoundError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickled objects beyond tensors/containers, truncated files
-        raise ModelNotFoundError(f"{what} could not be read as a weights-only PyTorch file: {path} ({type(e).__name__}: {e})") from None
+    except Exception:  # pickled objects beyond tensors/containers (refused by weights_only), truncated files
+        raise ModelNotFoundError(f"{path} is damaged or not a {what} file (a weights-only PyTorch checkpoint)") from None
 
 
 def _lightning_subtree(obj: dict, prefix: str) -> dict:

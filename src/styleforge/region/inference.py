@@ -256,9 +256,9 @@ class RegionStylizer:
     # ---- image preparation
     def working_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
         """(w, h) with the shorter side ``size`` (default: training resolution), multiples of 2^d."""
-        from ..validation import check_aspect, check_working_size, side
+        from ..validation import check_aspect, check_working_size, optional_side
 
-        size = side.check(size, "size") or self.image_size
+        size = optional_side.check(size, "size") or self.image_size
         check_aspect(width, height, "the content image")  # before scaling the short side up makes the long one explode
         f = self.encoder.downsample_factor
         min_side = 8 * f  # the style head's two valid stride-2 convs need an e map of at least 7×7
