@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -42,12 +43,17 @@ def _open_path(path: Path) -> Image.Image:
         raise InputError(f"expected an image file, got a folder: {path}")
     if path.stat().st_size == 0:
         raise InputError(f"image file is empty (0 bytes): {path}")
+    img = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
             _check_size(img.size, path)
             img.load()  # decode now so truncation is reported here, not later
+            if getattr(img, "n_frames", 1) > 1:  # animated: keep the first frame and let go of the file
+                first = img.copy()
+                img.close()
+                img = first
     except UnidentifiedImageError:
         raise InputError(f"not an image file (or an unsupported format): {path}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -56,6 +62,9 @@ def _open_path(path: Path) -> Image.Image:
         if isinstance(e, InputError):
             raise
         raise InputError(f"image file is truncated or corrupt: {path} ({e})") from None
+    finally:
+        if img is not None and sys.exc_info()[0] is not None:
+            img.close()  # a refused image leaves no open file (and no "unclosed file" warning) behind
     return img
 
 

@@ -77,7 +77,8 @@ def _outputs(args, seed):
     if args.save_masks:
         paths["structure_mask"] = sibling_path(main, "structure_mask")
         paths["appearance_mask"] = sibling_path(main, "appearance_mask")
-    inputs = [args.structure, args.appearance, args.structure_mask, args.appearance_mask]
+    inputs = [args.structure, args.appearance, args.structure_mask, args.appearance_mask, args.structure_inversion,
+              args.appearance_inversion]
     return {k: check_output_path(v, overwrite=args.overwrite, inputs=[i for i in inputs if i]) for k, v in paths.items()}
 
 

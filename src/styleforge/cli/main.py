@@ -35,6 +35,7 @@ def _version() -> str:
 
 
 def _quiet_libraries() -> None:
+    import logging
     import os
     import warnings
 
@@ -51,6 +52,9 @@ def _quiet_libraries() -> None:
     for lib in (dlog, tlog):  # loading bars and "couldn't connect" chatter; errors still surface as ours
         lib.set_verbosity_error()
         lib.disable_progress_bar()
+    # diffusers logs a failed weights lookup as an error before raising; the raised error becomes our one line
+    for handler in logging.getLogger("diffusers").handlers:  # filters of handlers also see the child loggers' records
+        handler.addFilter(lambda record: not record.getMessage().startswith("An error occurred while trying to fetch"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     # --debug may appear anywhere on the line, also after the subcommand
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help and --version exit 0; a refused flag returns 2 like every other refusal
+        if e.code in (0, None):
+            raise
+        return int(e.code) if isinstance(e.code, int) else 2
     args.debug = debug
     if not getattr(args, "func", None):
         parser.print_help()

@@ -172,7 +172,7 @@ def run_apply(args) -> int:
     from .common import load_pipeline
 
     styles = [StyleAdapter.load(s) for s in args.styles]  # bad style paths fail before the model loads
-    inputs = [args.image] if args.image else []
+    inputs = ([args.image] if args.image else []) + list(args.styles)
     if args.image:
         load_image(args.image, name="image")
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)

@@ -99,13 +99,20 @@ def _edit_kwargs(args) -> dict:
                 num_sentences=args.num_sentences, direction_cache=False if args.no_direction_cache else None)
 
 
-def _direction_output(path: str, overwrite: bool):
+def _direction_output(path: str, overwrite: bool, inputs=()):
     from pathlib import Path
 
     from ..io import check_output_path
 
     suffix = ".pt" if Path(path).suffix == ".pt" else ".safetensors"
-    return check_output_path(path, overwrite=overwrite, suffix=suffix)
+    return check_output_path(path, overwrite=overwrite, suffix=suffix, inputs=inputs)
+
+
+def _input_files(args) -> list:
+    """Every file the command reads: no output may be one of them."""
+    names = ("image", "direction", "inversion", "sentences_source", "sentences_target", "source_embedding",
+             "target_embedding")
+    return [getattr(args, n) for n in names if getattr(args, n, None)]
 
 
 def run(args) -> int:
@@ -116,11 +123,12 @@ def run(args) -> int:
     from ..runtime import make_generator
     from .common import load_pipeline
 
-    out = check_output_path(args.output, overwrite=args.overwrite, inputs=[args.image])
-    recon = check_output_path(sibling_path(out, "recon"), overwrite=args.overwrite, inputs=[args.image]) if args.save_reconstruction else None
-    direction_out = _direction_output(args.save_direction, args.overwrite) if args.save_direction else None
-    log_out = check_output_path(args.save_log, overwrite=args.overwrite, suffix=".json") if args.save_log else None
-    inversion_out = check_output_path(args.save_inversion, overwrite=args.overwrite, suffix=".safetensors") if args.save_inversion else None
+    inputs = _input_files(args)
+    out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
+    recon = check_output_path(sibling_path(out, "recon"), overwrite=args.overwrite, inputs=inputs) if args.save_reconstruction else None
+    direction_out = _direction_output(args.save_direction, args.overwrite, inputs) if args.save_direction else None
+    log_out = check_output_path(args.save_log, overwrite=args.overwrite, suffix=".json", inputs=inputs) if args.save_log else None
+    inversion_out = check_output_path(args.save_inversion, overwrite=args.overwrite, suffix=".safetensors", inputs=inputs) if args.save_inversion else None
     caption, inverted = args.caption, None
     if args.inversion:
         from ..errors import InputError
@@ -150,10 +158,10 @@ def run(args) -> int:
     method = "pix2pix-zero" if args.contrastive_weight == 0 else "pix2pix-zerocon"
     meta = pipe.metadata(method, **result.params)
     print(f"caption: {result.caption}")
-    print(f"wrote {save_image(result.images[0], out, metadata=meta, overwrite=args.overwrite, inputs=[args.image])}")
+    print(f"wrote {save_image(result.images[0], out, metadata=meta, overwrite=args.overwrite, inputs=inputs)}")
     if recon is not None:
         meta_r = pipe.metadata(f"{method}-reconstruction", **result.params)
-        print(f"wrote {save_image(result.reconstruction[0], recon, metadata=meta_r, overwrite=args.overwrite, inputs=[args.image])}")
+        print(f"wrote {save_image(result.reconstruction[0], recon, metadata=meta_r, overwrite=args.overwrite, inputs=inputs)}")
     if direction_out is not None:
         print(f"wrote {result.edit_direction.save(direction_out)}")
     if inversion_out is not None:
@@ -173,7 +181,7 @@ def run_direction(args) -> int:
     from ..pix2pix_zerocon import Pix2PixZeroConPipeline
     from .common import load_pipeline
 
-    out = _direction_output(args.output, args.overwrite)
+    out = _direction_output(args.output, args.overwrite, _input_files(args))
     pipe = load_pipeline(Pix2PixZeroConPipeline, args)
     edit = _edit_kwargs(args)
     cache = edit.pop("direction_cache")
