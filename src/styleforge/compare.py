@@ -51,6 +51,8 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
+#: options every method takes (also per method, e.g. region.model=FOLDER)
+SHARED_OPTIONS = ("model", "device", "dtype", "offline")
 
 
 def register_method(name: str, fn: MethodFn | None = None, *, description: str = "", replace: bool = False,
@@ -375,10 +377,11 @@ def _check_method_options(methods: Sequence[str], options: Mapping[str, dict]) -
             raise InputError(f"--method-option {name}.{next(iter(opts), 'KEY')}: {name!r} is not among the methods run "
                              f"({', '.join(methods) or 'none'})")
         declared = get_method(name).options
-        unknown = sorted(set(opts) - set(declared)) if declared is not None else []
+        allowed = SHARED_OPTIONS + tuple(declared or ())
+        unknown = sorted(set(opts) - set(allowed)) if declared is not None else []
         if unknown:
             raise InputError(f"--method-option {name}.{unknown[0]}: unknown option of {name!r}; it takes "
-                             f"{', '.join(declared)}")
+                             f"{', '.join(allowed)}")
 
 
 def _remove_new_files(out_dir: Path, before: set | None) -> None:
