@@ -197,6 +197,8 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch
     try:
         encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}", torch_dtype=dtype)
         generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}", torch_dtype=dtype)
+        if any(t.is_meta for net in (encoder, generator) for t in net.state_dict().values()):
+            raise ValueError("weights missing from the files")  # diffusers leaves absent tensors unloaded (meta)
     except Exception:  # garbage config.json, swapped or truncated weights: all mean a damaged folder
         raise ModelNotFoundError(f"the region model in {folder} is damaged (its encoder/generator configs or weights "
                                  "cannot be loaded)") from None
