@@ -123,7 +123,10 @@ def run_prepare(args) -> int:
     if args.save_candidates:
         for i, img in enumerate(tensor_to_pil(cands.float())):
             save_image(img, run / "candidates" / f"candidate_{i:03d}.png", metadata={**meta, "index": i}, overwrite=True)
-    (run / "prepare.json").write_text(json.dumps(meta, indent=2))
+    from ..io import atomic_write
+
+    with atomic_write(run / "prepare.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
     return 0
 
 

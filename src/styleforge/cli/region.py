@@ -111,7 +111,7 @@ def _register_train(sub) -> None:
     a.add_argument("--patch-scale", type=V.Pair(V.Number(float, 1e-3, 1), labels=('LOW', 'HIGH')), default=(1 / 8, 1 / 4), help="LOW,HIGH patch side as a fraction of the image side")
     a.add_argument("--crop-scale", type=V.Pair(V.Number(float, 1e-3, 1), labels=('LOW', 'HIGH')), default=(0.6, 1.0), help="LOW,HIGH random crop side as a fraction of the shorter side")
     a.add_argument("--load-size", type=V.side, default=None, help="images are kept in memory with this shorter side (default: 2x resolution)")
-    a.add_argument("--ema-half-life", type=V.positive, default=None, help="EMA half-life in images (default: the preset's)")
+    a.add_argument("--ema-half-life", type=V.non_negative, default=None, help="EMA half-life in images (default: the preset's)")
     b = p.add_argument_group("run")
     b.add_argument("--seed", type=int, default=0, help="random seed")
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")

@@ -243,6 +243,21 @@ def step_seed(seed: int, step: int, process: int = 0) -> int:
     return (seed * 1_000_003 + step * 7919 + process * 104_729) % (2**62)
 
 
+def _check_numbers(cfg: TrainConfig) -> None:
+    """The CLI's checks for the Python API: a NaN weight or a negative interval is refused by name, before any work."""
+    from .. import validation as V
+
+    for name in ("w_rec", "w_gan", "w_cooccur", "w_cc", "cc_style_weight", "w_ca", "r1_gamma", "r1_gamma_cooccur"):
+        V.non_negative.check(getattr(cfg, name), name)
+    for name in ("sample_every", "checkpoint_every", "keep_checkpoints", "reg_offset", "reg_start"):
+        V.non_negative_int.check(getattr(cfg, name), name)
+    V.check_all(iterations=(cfg.iterations, V.count), lr=(cfg.lr, V.positive), r1_interval=(cfg.r1_interval, V.count),
+                reg_interval=(cfg.reg_interval, V.count), mask_trivial_probability=(cfg.mask_trivial_probability, V.fraction),
+                mask_coverage=(cfg.mask_coverage, V.fraction_pair), style_gain=(cfg.style_gain, V.optional_positive),
+                ema_half_life_images=(cfg.ema_half_life_images, V.optional_non_negative),
+                batch_size=(cfg.batch_size, V.optional_count), load_size=(cfg.load_size, V.optional_side))
+
+
 # --------------------------------------------------------------------------------------------- trainer
 
 
@@ -253,6 +268,7 @@ class RegionTrainer:
         from accelerate import Accelerator
 
         self.config = cfg = config
+        _check_numbers(cfg)
         self.out = Path(cfg.output)
         self.resume_from = self._find_resume(cfg.resume) if cfg.resume else None
         if self.resume_from is not None:
