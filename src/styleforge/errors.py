@@ -38,32 +38,32 @@ def _shown_path(path) -> str:
     return str(p.with_name(m.group(1))) if m else str(p)
 
 
+#: errno name -> the plain words for it ({} is the file)
+_OS_ERRORS = {
+    "EROFS": "cannot write {}: read-only file system",
+    "ENOSPC": "no space left on device while writing {} (nothing was written)",
+    "EDQUOT": "disk quota exceeded while writing {} (nothing was written)",
+    "EFBIG": "file size limit exceeded while writing {} (nothing was written)",
+    "EACCES": "permission denied: {}",
+    "EPERM": "permission denied: {}",
+    "ENOTDIR": "{}'s parent is a file, not a folder",
+    "ENAMETOOLONG": "file name too long: {}",
+    "ENOENT": "no such file or folder: {}",
+    "EISDIR": "{} is a folder, not a file",
+    "ENOMEM": "out of memory while working on {}: try a smaller --size or --batch-size",
+}
+
+
 def os_error_message(error: OSError, path=None) -> str:
     """One plain line for an OS error met while reading or writing ``path`` (default: the error's own file name)."""
     import errno
 
     where = _shown_path(path if path is not None else (error.filename or "the output"))
-    code = error.errno
-    if code == errno.EROFS:
-        return f"cannot write {where}: read-only file system"
-    if code == errno.ENOSPC:
-        return f"no space left on device while writing {where} (nothing was written)"
-    if code == errno.EDQUOT:
-        return f"disk quota exceeded while writing {where} (nothing was written)"
-    if code == errno.EFBIG:
-        return f"file size limit exceeded while writing {where} (nothing was written)"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"permission denied: {where}"
-    if code == errno.ENOTDIR or (code == errno.EEXIST and path is None):
-        return f"{where}'s parent is a file, not a folder"
-    if code == errno.ENAMETOOLONG:
-        return f"file name too long: {where}"
-    if code == errno.ENOENT:
-        return f"no such file or folder: {where}"
-    if code == errno.EISDIR:
-        return f"{where} is a folder, not a file"
-    if code == errno.ENOMEM:
-        return "out of memory: try a smaller --size or --batch-size"
+    name = errno.errorcode.get(error.errno or -1, "")
+    if name == "EEXIST" and path is None:  # mkdir where a file is: the folder to create is a file
+        return f"{where} is a file, not a folder"
+    if name in _OS_ERRORS:
+        return _OS_ERRORS[name].format(where)
     reason = (error.strerror or str(error) or "input/output error").lower()
     return f"{reason}: {where}"
 
