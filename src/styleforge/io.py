@@ -357,9 +357,15 @@ def atomic_folder(path: str | os.PathLike, *, replace: bool = True) -> Iterator[
             if not replace:
                 raise OutputError(f"output exists: {path} (pass --overwrite to replace it)")
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(path, old / "x")
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old / "x", path)  # put the previous folder back
+                    raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException as e:

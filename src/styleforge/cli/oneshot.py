@@ -334,8 +334,8 @@ def run_apply(args) -> int:
         raise InputError("two inputs share a file stem; their outputs would collide")
     device, dtype = _device_dtype(args)
     if args.run:
-        meta = json.loads((Path(args.run) / "osasis.json").read_text()) if (Path(args.run) / "osasis.json").exists() else {}
-        pipe = OSASISPipeline.from_run(args.run, diffae=args.model, device=device)
+        pipe = OSASISPipeline.from_run(args.run, diffae=args.model, device=device)  # refuses a damaged osasis.json
+        meta = json.loads((Path(args.run) / "osasis.json").read_text())
         plan = args.plan or meta.get("train", {}).get("plan", "official")
     else:
         if not args.style or not args.model:

@@ -101,7 +101,12 @@ class OSASISPipeline:
         meta_path = run / RUN_FILE
         if not meta_path.exists():
             raise ModelNotFoundError(f"{run} is not an OSASIS run folder with a finished model (no {RUN_FILE}; train it first)")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            raise ModelNotFoundError(f"{meta_path} is damaged (not an OSASIS run description)") from None
         diffae = diffae or meta.get("diffae")
         if not diffae:
             raise ModelNotFoundError("the run does not record its DiffAE model; pass it (diffae=... / --model)")

@@ -130,8 +130,10 @@ class StyleAdapter:
                 meta = json.loads(sidecar.read_text())
             else:
                 meta = json.loads(header[_HEADER_KEY])
-        except (KeyError, json.JSONDecodeError):
-            raise InputError(f"{weights} is not a styleforge PairCustomization style (no style metadata)") from None
+        except (KeyError, ValueError, UnicodeDecodeError):
+            raise InputError(f"{weights} is not a styleforge PairCustomization style (no readable style metadata)") from None
+        if not isinstance(meta, dict):
+            raise InputError(f"{weights} is damaged (its style metadata is not a JSON object)")
         if meta.get("format") != FORMAT:
             raise InputError(f"{weights} is not a styleforge PairCustomization style (format {meta.get('format')!r})")
         if int(meta.get("format_version", 0)) > FORMAT_VERSION:
