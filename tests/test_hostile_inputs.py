@@ -112,6 +112,18 @@ def test_python_api_refuses_the_same_values_with_the_same_words(sd1_components):
         V.finite("nan")
 
 
+def test_web_page_and_batch_read_the_same_checks_from_the_parsers():
+    from styleforge.options import make_args, method_options
+
+    strength = next(o for o in method_options("region") if o.dest == "strength")
+    assert (strength.kind, strength.minimum, strength.maximum) == ("float", 0, 1)
+    with pytest.raises(InputError, match=r"argument --strength: must be a finite number in \[0, 1\], got nan"):
+        make_args("region", {"content": "a.png", "style": "b.png", "output": "o.png", "strength": "nan"})
+    with pytest.raises(InputError, match=r"--swap-range-full: must have START <= END"):
+        make_args("appearance", {"structure": "a.png", "appearance": "b.png", "output": "o.png",
+                                 "swap_range_full": (90, 10)})
+
+
 # ------------------------------------------------------------------------------------------- hangs
 
 def test_extreme_aspect_ratios_are_refused_at_once(tmp_path, capsys):
