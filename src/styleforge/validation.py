@@ -146,6 +146,7 @@ finite = Number(float)
 non_negative = Number(float, 0)
 positive = Number(float, 1e-12, what="a number > 0")
 fraction = Number(float, 0, 1)
+open_fraction = Number(float, 1e-6, 1, what="a fraction")  # a depth or ratio that must not be 0 (t0 / T)
 count = Number(int, 1)  # how many of something: at least one
 non_negative_int = Number(int, 0)  # an index, an offset, or a "0 = off" interval
 any_int = Number(int)

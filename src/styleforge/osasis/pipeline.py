@@ -46,6 +46,13 @@ class StylizeSettings:
     clamp: bool = True
     batch_size: int = 64
 
+    def __post_init__(self):
+        from .. import validation as V
+
+        V.check_all(t0_ratio=(self.t0_ratio, V.open_fraction), encode_steps=(self.encode_steps, V.steps),
+                    decode_steps=(self.decode_steps, V.steps), spn_weight=(self.spn_weight, V.non_negative),
+                    split_resolution=(self.split_resolution, V.count), batch_size=(self.batch_size, V.count))
+
     def timestep_plan(self) -> TimestepPlan:
         return TimestepPlan(self.t0_ratio, self.encode_steps, self.decode_steps, self.plan)
 

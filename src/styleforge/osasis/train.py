@@ -84,7 +84,7 @@ class TrainConfig:
             V.non_negative.check(value, name)
         for name in ("checkpoint_every", "sample_every", "keep_checkpoints"):
             V.non_negative_int.check(getattr(self, name), name)
-        V.Number(float, 1e-6, 1).check(self.t0_ratio, "t0_ratio")
+        V.open_fraction.check(self.t0_ratio, "t0_ratio")
         if self.autocast not in (None, "bf16", "fp16"):
             raise InputError(f"autocast must be bf16, fp16 or off, got {self.autocast!r}")
         self.timestep_plan()  # validates the plan now, not after the models are loaded
