@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
 from ..io import ImageLike, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
@@ -99,13 +100,16 @@ class StyleforgePipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------- images
 
-    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image") -> torch.Tensor:
-        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1]."""
+    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
+                   resample: int = Image.BICUBIC) -> torch.Tensor:
+        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1].
+
+        ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
         size = size or self.default_resolution
         w, h = (size, size) if isinstance(size, int) else size
         if w % self.vae_scale_factor or h % self.vae_scale_factor:
             raise InputError(f"image size must be a multiple of {self.vae_scale_factor}, got {w}x{h}")
-        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h)))
+        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h), resample))
 
     def _vae_dtype(self) -> torch.dtype:
         # SDXL's VAE overflows in fp16 (config force_upcast): run it in fp32 then
