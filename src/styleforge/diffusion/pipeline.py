@@ -180,7 +180,7 @@ class InversionPipeline(StyleforgePipeline):
                  guidance_scale: float = 1.0, negative_prompt: str = "", size: int | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, cache=None, eta: float = 1.0,
                  zero_last_noise: bool = True) -> InversionOutput:
-        from .inversion import DDIM, EDIT_FRIENDLY, ddim_invert, edit_friendly_invert, image_hash
+        from .inversion import DDIM, EDIT_FRIENDLY, NOISE_DRAWS, ddim_invert, edit_friendly_invert, image_hash
         from .sampling import ddim_sample, edit_friendly_sample, noise_predictor
 
         if kind not in (DDIM, EDIT_FRIENDLY):
@@ -192,7 +192,8 @@ class InversionPipeline(StyleforgePipeline):
         eps_fn = noise_predictor(self.unet, cond, uncond=uncond, guidance_scale=guidance_scale)
         settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
                         seed=seed, model_id=self.model_id, image_hash=image_hash(pixels),
-                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise} if kind == EDIT_FRIENDLY else {}))
+                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise, "noise_draws": NOISE_DRAWS}
+                                                                  if kind == EDIT_FRIENDLY else {}))
         key = dict(settings, kind=kind, num_inference_steps=num_inference_steps, eta=eta if kind == EDIT_FRIENDLY else 0.0)
         inv = cache.get(**key) if cache is not None else None
         if inv is None:
