@@ -262,6 +262,22 @@ def test_exact_reconstruction_mode(pipe):
     assert torch.allclose(out.images[2], invs["structure"].x0, atol=1e-4)
 
 
+def test_inversions_draw_from_one_seeded_generator_in_the_official_order(pipe, inversions):
+    """One generator seeded with the seed (on the model's device: the CPU here), the appearance's K draws first, each
+    inversion drawing one latent-shaped map per step, least noisy first (the official sample_xts_from_x0)."""
+    from styleforge.diffusion.inversion import NOISE_DRAWS
+    from styleforge.diffusion.sampling import alpha_bar
+
+    g = torch.Generator().manual_seed(42)  # the default seed
+    for role in ("appearance", "structure"):
+        inv = inversions[role]
+        draws = [torch.randn((1,) + tuple(inv.x0.shape), generator=g) for _ in range(K)]
+        a = alpha_bar(pipe.ddim_scheduler, inv.timesteps[0])
+        # the noisiest latent is the direct noising of x0 with that inversion's last draw
+        assert torch.allclose(inv.latents[0], a.sqrt() * inv.x0 + (1 - a).sqrt() * draws[-1][0], atol=1e-6), role
+        assert inv.extra["noise_draws"] == NOISE_DRAWS and inv.extra["rng_device"] == "cpu"
+
+
 def test_determinism_and_output_order(pipe):
     run = lambda: pipe(_img(0), _img(1), "animal", adain="full", seed=3, **FAST)  # noqa: E731
     a, b = run(), run()

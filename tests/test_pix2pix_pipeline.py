@@ -107,6 +107,22 @@ def test_inversion_is_deterministic_and_regulariser_off_is_plain_ddim(pipe):
     assert torch.equal(sampled[0], sampled[1])
 
 
+def test_images_are_resized_with_lanczos_as_the_official_code(pipe):
+    """With fewer than 3 steps the official grid inverts nothing, so x_T is the encoded (resized) image itself."""
+    from PIL import Image
+
+    from styleforge.io import load_image, pil_to_tensor
+
+    big = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(UserWarning, match="inverts nothing"):
+        out = pipe(big, caption=CAPTION, direction=DELTA, num_inference_steps=2, guidance_lr=0.0, seed=0,
+                   output_type="latent")
+    pil = load_image(big)
+    encode = lambda f: pipe.encode_images(pil_to_tensor(pil.resize((32, 32), f)))  # noqa: E731
+    assert torch.equal(out.inverted_latent, encode(Image.LANCZOS))
+    assert not torch.allclose(out.inverted_latent, encode(Image.BICUBIC), atol=1e-4)
+
+
 def test_reference_pass_with_caption_as_negative_equals_no_cfg(pipe):
     with_cfg = edit(pipe, cfg_scale=5.0, guidance_lr=0.0, **NO_REG)
     without = edit(pipe, cfg_scale=1.0, guidance_lr=0.0, **NO_REG)
