@@ -164,10 +164,6 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         _check_choice("cut_layers", cut_layers, tuple(CUT_LAYER_SETS))
         if num_inference_steps < 1:
             raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        if inversion_grid == "p2pzero" and num_inference_steps < 3 and inverted_latent is None:
-            warnings.warn("the p2pzero inversion grid (the default) drops the first and last of the N steps, so with "
-                          f"{num_inference_steps} steps it inverts nothing (x_T = x_0, as the official code); use "
-                          "inversion_grid='symmetric' (--inversion-grid symmetric) for short runs", stacklevel=3)
         for name, value in (("guidance_lr", guidance_lr), ("lambda_xa", lambda_xa), ("lambda_cut", lambda_cut),
                             ("reg_lambda_ac", reg_lambda_ac), ("reg_lambda_kl", reg_lambda_kl)):
             if not (math.isfinite(value) and value >= 0):
@@ -206,6 +202,10 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
 
         # 3. inversion (Eq. 9-10 with pix2pix-zero's noise regulariser)
         if inverted_latent is None:
+            if inversion_grid == "p2pzero" and num_inference_steps < 3:
+                warnings.warn("the p2pzero inversion grid (the default) drops the first and last of the N steps, so "
+                              f"with {num_inference_steps} steps it inverts nothing (x_T = x_0, as the official code); "
+                              "use inversion_grid='symmetric' (--inversion-grid symmetric) for short runs", stacklevel=3)
             x0 = self.encode_images(pixels, generator=generator, sample=vae_sample)
             x_T = self.invert(x0, cond, num_inference_steps, grid=inversion_grid, regularizer=reg,
                               generator=inversion_generator)
