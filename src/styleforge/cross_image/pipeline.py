@@ -115,6 +115,13 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         code's ``cross_attn_64_range`` (layers at the latent's own resolution on SD 1.x), ``swap_range_half`` its
         ``cross_attn_32_range``; ranges count post-skip iterations. ``guidance_rows="output"`` runs the plain pass
         for the OUT row only (exact, 4 instead of 6 UNet rows per guided step); ``"all"`` is the naive schedule.
+
+        Randomness as in the official code: the inversions' noise maps come from ``generator``, or from one seeded
+        with ``seed`` on the GPU when the UNet is on one (the official code draws from the global CUDA generator)
+        and on the CPU otherwise; the appearance draws first, each inversion one latent-shaped map per step, least
+        noisy first. The self-segmentation's k-means draws from ``np.random.RandomState(segmentation_seed)``
+        (appearance fit, then structure fit). An empty mask falls back to full AdaIN (``mask_fallback="full"``);
+        ``mask_fallback=None`` keeps the official NaN (a black image).
         """
         prompt, object_noun = self._prompt_and_noun(domain, prompt, object_noun, adain, structure_mask, appearance_mask)
         K, S = num_inference_steps, skip_steps
