@@ -350,7 +350,7 @@ def test_damaged_files_are_named_as_such(pics, tmp_path, capsys, tiny_sd1_folder
     direction = tmp_path / "dir.safetensors"
     save_file({"delta": torch.zeros(1, 77, 32)}, str(direction), metadata={"styleforge_direction": "{not json"})
     refused(["translate", pics["a"], "--direction", direction, "--model", tiny_sd1_folder, "-o", tmp_path / "t.png",
-             "--caption", "x", "--steps", "2", "--size", "32"], tmp_path, capsys, str(direction), "damaged")
+             "--caption", "x", "--steps", "3", "--size", "32"], tmp_path, capsys, str(direction), "damaged")
     # region model folders: a config of garbage, swapped weights
     from styleforge.region.inference import BUNDLED_MODEL
 
@@ -417,7 +417,7 @@ def test_every_refusal_is_a_single_line(pics, tmp_path, capsys, tiny_sd1_folder)
     with open(evil, "wb") as fh:
         pickle.dump(_Payload(), fh)
     line = refused(["translate", pics["a"], "--direction", evil, "--model", tiny_sd1_folder, "-o", tmp_path / "t.png",
-                    "--caption", "x", "--steps", "2", "--size", "32"], tmp_path, capsys, str(evil))
+                    "--caption", "x", "--steps", "3", "--size", "32"], tmp_path, capsys, str(evil))
     assert not MARKER.exists() and "weights_only" not in line
     # a model folder with a missing weights file: one line naming the folder
     broken = tmp_path / "broken"

@@ -46,7 +46,7 @@ def register(sub) -> None:
     g.add_argument("--inversion-guidance-scale", type=V.finite, default=3.5, help="CFG of the inversion")
     g.add_argument("--exact-reconstruction", action="store_true", help="denoise with the inversion's CFG too (exact reconstructions, 2x cost)")
     g.add_argument("--num-segments", type=V.Number(int, 1, 64), default=5, help="k-means clusters of the self-segmentation")
-    g.add_argument("--segmentation-seed", type=int, default=1, help="k-means seed")
+    g.add_argument("--segmentation-seed", type=int, default=1, help="seed of the k-means RandomState (scikit-learn KMeans; the official code: 1)")
     g.add_argument("--size", type=V.side, default=None, help="working resolution (default: the model's, 512 for SD 1.5)")
     g = p.add_argument_group("speed and memory")
     g.add_argument("--guidance-rows", choices=("output", "all"), default="output", help="run the plain guidance pass for the output row only (exact) or for all rows (official)")

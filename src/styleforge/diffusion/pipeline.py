@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
 from ..io import ImageLike, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
@@ -100,8 +101,11 @@ class StyleforgePipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------- images
 
-    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image") -> torch.Tensor:
-        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1]."""
+    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
+                   resample: int = Image.BICUBIC) -> torch.Tensor:
+        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1].
+
+        ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
         from ..validation import check_working_size
 
         size = size or self.default_resolution
@@ -109,7 +113,7 @@ class StyleforgePipeline(DiffusionPipeline):
         check_working_size(w, h, f"the {name}'s working size")
         if w % self.vae_scale_factor or h % self.vae_scale_factor:
             raise InputError(f"image size must be a multiple of {self.vae_scale_factor}, got {w}x{h}")
-        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h)))
+        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h), resample))
 
     def _vae_dtype(self) -> torch.dtype:
         # SDXL's VAE overflows in fp16 (config force_upcast): run it in fp32 then
@@ -180,7 +184,7 @@ class InversionPipeline(StyleforgePipeline):
                  guidance_scale: float = 1.0, negative_prompt: str = "", size: int | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, cache=None, eta: float = 1.0,
                  zero_last_noise: bool = True) -> InversionOutput:
-        from .inversion import DDIM, EDIT_FRIENDLY, ddim_invert, edit_friendly_invert, image_hash
+        from .inversion import DDIM, EDIT_FRIENDLY, NOISE_DRAWS, ddim_invert, edit_friendly_invert, image_hash
         from .sampling import ddim_sample, edit_friendly_sample, noise_predictor
 
         from .. import validation as V
@@ -196,7 +200,8 @@ class InversionPipeline(StyleforgePipeline):
         eps_fn = noise_predictor(self.unet, cond, uncond=uncond, guidance_scale=guidance_scale)
         settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
                         seed=seed, model_id=self.model_id, family=self.family, image_hash=image_hash(pixels),
-                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise} if kind == EDIT_FRIENDLY else {}))
+                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise, "noise_draws": NOISE_DRAWS}
+                                                                  if kind == EDIT_FRIENDLY else {}))
         key = dict(settings, kind=kind, num_inference_steps=num_inference_steps, eta=eta if kind == EDIT_FRIENDLY else 0.0)
         inv = cache.get(**key) if cache is not None else None
         if inv is None:
