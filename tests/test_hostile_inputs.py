@@ -370,11 +370,13 @@ def _swap_weights(model: Path) -> None:
 
 
 class _Payload:
+    """A pickle that would create ``marker`` if it were ever unpickled for real."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, (f"touch {MARKER}",))
-
-
-MARKER = Path("/tmp/styleforge_hostile_marker")
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_damaged_checkpoints_on_resume(tmp_path, capsys):
@@ -391,11 +393,11 @@ def test_damaged_checkpoints_on_resume(tmp_path, capsys):
     (step / "state.json").write_text("{corrupt")
     refused(argv + ["--resume"], tmp_path, capsys, "state.json", "damaged")
     (step / "state.json").write_bytes(state)
-    MARKER.unlink(missing_ok=True)
+    marker = tmp_path / "pwned"
     with open(step / "optimizers.pt", "wb") as fh:
-        pickle.dump({"opt_g": _Payload()}, fh)
+        pickle.dump({"opt_g": _Payload(marker)}, fh)
     line = refused(argv + ["--resume"], tmp_path, capsys, "optimizers.pt", "damaged")
-    assert not MARKER.exists() and "weights_only" not in line
+    assert not marker.exists() and "weights_only" not in line
 
 
 # ------------------------------------------------------------------------------------------- one line each
@@ -412,13 +414,13 @@ def test_every_refusal_is_a_single_line(pics, tmp_path, capsys, tiny_sd1_folder)
     assert capsys.readouterr().err == ""  # no "unclosed file" warning
     (tmp_path / "anim.png").unlink()
     # a malicious pickle as an embedding: PyTorch's multi-line explanation is not passed on
-    MARKER.unlink(missing_ok=True)
+    marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as fh:
-        pickle.dump(_Payload(), fh)
+        pickle.dump(_Payload(marker), fh)
     line = refused(["translate", pics["a"], "--direction", evil, "--model", tiny_sd1_folder, "-o", tmp_path / "t.png",
                     "--caption", "x", "--steps", "3", "--size", "32"], tmp_path, capsys, str(evil))
-    assert not MARKER.exists() and "weights_only" not in line
+    assert not marker.exists() and "weights_only" not in line
     # a model folder with a missing weights file: one line naming the folder
     broken = tmp_path / "broken"
     shutil.copytree(tiny_sd1_folder, broken)
