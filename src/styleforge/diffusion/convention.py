@@ -66,13 +66,13 @@ def move_to(pipe, device):
     return pipe.to(resolve_device(device))
 
 
-def generator_for(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
-    """The caller's generator, else a CPU generator seeded with ``seed`` (a fresh random seed when None)."""
+def generator_for(generator: torch.Generator | None, seed: int | None, device: str = "cpu") -> torch.Generator:
+    """The caller's generator, else one on ``device`` seeded with ``seed`` (a fresh random seed when None)."""
     if generator is not None:
         if isinstance(generator, (list, tuple)):
             raise InputError("pass one torch.Generator; lists of generators are not supported")
         return generator
-    return torch.Generator("cpu").manual_seed(int(seed) if seed is not None else int(torch.seed()))
+    return torch.Generator(device).manual_seed(int(seed) if seed is not None else int(torch.seed()))
 
 
 # --------------------------------------------------------------------------------------------- inputs
