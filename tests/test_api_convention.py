@@ -164,6 +164,29 @@ def test_the_dtype_is_passed_to_diffusers_only_when_given_and_under_its_current_
         CrossImageAttentionPipeline.from_pretrained(folders["cross_image"], torch_dtype="fp16", dtype="bf16")
 
 
+def test_variant_loads_the_variant_files(folders, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from styleforge.errors import ModelNotFoundError
+    from styleforge.region.inference import load_model
+    from styleforge.testing import tiny_components
+
+    sd = tmp_path / "sd"
+    StableDiffusionPipeline(**tiny_components("sd1"), safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(sd, variant="fp16")
+    assert CrossImageAttentionPipeline.from_pretrained(sd, variant="fp16").unet is not None
+    region = tmp_path / "region"
+    encoder, generator, _ = load_model(folders["region"])
+    encoder.save_pretrained(region / "encoder", variant="fp16")
+    generator.save_pretrained(region / "generator", variant="fp16")
+    with pytest.raises(ModelNotFoundError):
+        RegionStylizer.from_pretrained(region)  # only variant files there
+    loaded = RegionStylizer.from_pretrained(region, variant="fp16")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.encoder.state_dict().values(), encoder.state_dict().values()))
+    with pytest.raises(InputError, match="variant"):
+        OSASISPipeline.from_pretrained(folders["osasis"], variant="fp16")
+
+
 # --------------------------------------------------------------------------------------------- outputs
 
 
