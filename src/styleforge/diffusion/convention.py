@@ -1,10 +1,10 @@
 """The one calling convention every styleforge pipeline follows (diffusers' own), as small shared pieces.
 
 ``Pipeline.from_pretrained(id_or_folder, torch_dtype=..., variant=...)`` (or ``dtype=``, diffusers 0.42's name)
-then ``.to(device)``; a call takes inputs
-as PIL / numpy / tensor / path or lists of them, ``generator=`` (or ``seed=``), ``output_type`` in
-``pil|np|pt|latent`` and ``callback_on_step_end(pipe, step, timestep, callback_kwargs) -> dict`` with
-``callback_on_step_end_tensor_inputs``; it returns a dataclass with ``.images`` plus the method's extras.
+then ``.to(device)``; a call takes inputs as PIL / numpy / tensor / path or lists of them, ``generator=`` (or
+``seed=``), ``output_type`` in ``pil|np|pt|latent`` and ``callback_on_step_end(pipe, step, timestep,
+callback_kwargs) -> dict`` with ``callback_on_step_end_tensor_inputs``; it returns a dataclass with ``.images``
+plus the method's extras.
 This module holds what would otherwise be written once per pipeline: output conversion, the step-end callback
 call, batching of list inputs and the deprecation shims for the older keywords.
 """
@@ -12,7 +12,6 @@ call, batching of list inputs and the deprecation shims for the older keywords.
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -170,8 +169,8 @@ class StepEnd:
     """diffusers' ``callback_on_step_end`` for one call: checks the names once, then hands over the requested
     tensors after every step and returns what the callback gave back (tensors to replace, by name).
 
-    Also takes the older ``callback=`` function, with a DeprecationWarning; ``legacy(step, timestep, **tensors)``
-    says how a pipeline called it.
+    Also takes the older ``callback=`` function, with a DeprecationWarning; ``legacy(callback, step, timestep,
+    tensors)`` calls it the way the pipeline used to.
     """
 
     def __init__(self, pipe, callback_on_step_end: Callable | None, tensor_inputs: Sequence[str] | None,
@@ -208,15 +207,6 @@ class StepEnd:
         if not isinstance(result, dict):
             raise InputError(f"callback_on_step_end must return a dict of tensors, got {type(result).__name__}")
         return result
-
-
-def path_or_none(value) -> str | None:
-    """An input as metadata records it: a path as given (relative stays relative), else its kind."""
-    if value is None:
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    return type(value).__name__
 
 
 def call_per_item(pipe, params: dict, names: Sequence[str]):
