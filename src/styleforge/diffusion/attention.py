@@ -1,10 +1,11 @@
 """Attention control on diffusers' attention-processor interface.
 
 :class:`AttentionController` installs a :class:`ControlledAttnProcessor` on the ``Attention`` modules its hooks
-select, and leaves every other layer's processor (attention slicing, xformers, a user's own) alone. Each processor computes queries, keys and values exactly as diffusers' ``AttnProcessor2_0`` does, then
-hands them to the hooks whose selector picks that layer. A hook may read or replace ``query``/``key``/``value``,
-read the attention map (``call.probs()``), replace it (``call.edit_probs(fn)``), or set the output itself. With no hook the processor is the stock computation
-(fused SDPA), so the UNet's output is unchanged.
+select, and leaves every other layer's processor (attention slicing, xformers, a user's own) alone. Each controlled
+processor computes queries, keys and values exactly as diffusers' ``AttnProcessor2_0`` does, then hands them to the
+hooks whose selector picks that layer. A hook may read or replace ``query``/``key``/``value``, read the attention
+map (``call.probs()``), replace it (``call.edit_probs(fn)``), or set the output itself. While no hook acts on a layer
+it runs the processor the layer had before, so the UNet's output is unchanged.
 
 Layers are chosen by role (``down``/``mid``/``up``, ``self``/``cross``) and by their resolution *relative to the
 latent*: ``factor`` 1 is the latent's own grid, 2 is half of it, and so on. Factors are read off the UNet's
@@ -243,10 +244,6 @@ class AttentionController:
         self.hooks: list = []
         self.state: dict = {}
         self._saved: dict | None = None  # layer name -> the processor it had before this controller took it
-
-    @property
-    def installed(self) -> bool:
-        return self._saved is not None
 
     def install(self) -> "AttentionController":
         if self._saved is None:
