@@ -141,6 +141,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             # 1. inversions (APP first, then STRUCT: the official order of draws from one generator)
             inv_settings = dict(prompt=prompt, negative_prompt="", guidance_scale=float(inversion_guidance_scale),
                                 model_id=self.model_id,
+                                weights=self.weights_fingerprint if inversion_cache is not None else "",
                                 extra={"freeu": freeu, "freeu_config": dataclasses.asdict(freeu_config),
                                        "dtype": str(self.unet.dtype), "zero_last_noise": True})
             use_cache = inversion_cache is not None and generator is None and seed is not None

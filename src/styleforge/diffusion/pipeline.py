@@ -53,6 +53,7 @@ class StyleforgePipeline(DiffusionPipeline):
         except Exception as e:  # missing component files, bad configs, unloadable weights
             raise ModelNotFoundError(f"could not load model {model!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         pipe.register_to_config(_name_or_path=model)
+        pipe._weights_folder = str(folder)
         if device is not None:
             pipe.to(resolve_device(device))
         return pipe
@@ -60,6 +61,19 @@ class StyleforgePipeline(DiffusionPipeline):
     @property
     def model_id(self) -> str:
         return str(getattr(self.config, "_name_or_path", "") or "components")
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """A hash of the weights this pipeline runs, for cache keys: of the files of the folder it was loaded from
+        (remembered per file, so cheap), or of the modules' tensors when it was built from components."""
+        from ..cache import folder_fingerprint, modules_fingerprint
+
+        folder = getattr(self, "_weights_folder", None)
+        if folder is None:  # components can be changed in place: hash them every time
+            return modules_fingerprint(self.components)
+        if getattr(self, "_folder_fingerprint", None) is None:
+            self._folder_fingerprint = folder_fingerprint(folder)
+        return self._folder_fingerprint
 
     @property
     def family(self) -> str:
@@ -188,6 +202,7 @@ class InversionPipeline(StyleforgePipeline):
         eps_fn = noise_predictor(self.unet, cond, uncond=uncond, guidance_scale=guidance_scale)
         settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
                         seed=seed, model_id=self.model_id, image_hash=image_hash(pixels),
+                        weights=self.weights_fingerprint if cache is not None else "",
                         extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise} if kind == EDIT_FRIENDLY else {}))
         key = dict(settings, kind=kind, num_inference_steps=num_inference_steps, eta=eta if kind == EDIT_FRIENDLY else 0.0)
         inv = cache.get(**key) if cache is not None else None

@@ -357,6 +357,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
         cond = self.encode_prompt(prompt, height=h, width=w)
         state = GuidanceState(cond, None, 1.0)
         settings = dict(prompt=prompt, negative_prompt=prompt, guidance_scale=0.0, seed=None, model_id=self.model_id,
+                        weights=self.weights_fingerprint if cache is not None else "",
                         image_hash=image_hash(pixels), extra={"dtype": str(self.unet.dtype), "method": "pair"})
         inv = cache.get(kind=DDIM, num_inference_steps=num_inference_steps, eta=0.0, **settings) if cache else None
         if inv is None:

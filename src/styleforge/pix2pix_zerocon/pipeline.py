@@ -266,12 +266,13 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
             if message:
                 warnings.warn(message, stacklevel=2)
         if cache is None or cache is True:
-            # components built in code have no stable id to key a cache with
+            # components built in code would be hashed tensor by tensor on every call: not worth it for embeddings
             cache = EmbeddingCache() if self.model_id != "components" else None
         elif cache is False:
             cache = None
         d = direction_from_sentences(self.encode_sentences, src_s, tgt_s, model_id=self.model_id, cache=cache,
-                                     source=labels[0] or "", target=labels[1] or "")
+                                     source=labels[0] or "", target=labels[1] or "",
+                                     cache_key=self.weights_fingerprint if cache is not None else None)
         return _check_width(d, width)
 
     # ------------------------------------------------------------------------------------------- inversion
