@@ -48,6 +48,19 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
+def dataclass_defaults(cls) -> argparse.Namespace:
+    """The field defaults of a settings dataclass, without running its validation (which may import torch)."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return argparse.Namespace(**values)
+
+
 def pair_of(cast, what: str):
     """An argparse type for ``"A,B"`` -> (cast(A), cast(B)), e.g. an iteration window ``"10,90"``."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from .common import add_common_args, add_subcommand, str2bool
+from .common import add_common_args, add_subcommand, dataclass_defaults, str2bool
 
 DEFAULT_DIFFAE = "checkpoints/ffhq256_autoenc/last.ckpt"
 DEFAULT_LATENT = "checkpoints/ffhq256_autoenc_latent/last.ckpt"
@@ -130,9 +130,9 @@ def run_prepare(args) -> int:
 
 
 def _register_train(steps) -> None:
-    from ..osasis.train import TrainConfig
+    from ..osasis.config import TrainConfig
 
-    d = TrainConfig()
+    d = dataclass_defaults(TrainConfig)
     p = add_subcommand(steps, "train", help="stage 1: fine-tune the style denoiser and the SPN on one artwork")
     p.add_argument("--style", required=True, help="the artwork I_B^style")
     p.add_argument("--style-photo", default=None, help="its photo-like counterpart I_A^style (default: RUN/style_photo.png from prepare)")
@@ -212,7 +212,8 @@ def run_train(args) -> int:
     from ..io import save_image, tensor_to_pil
     from ..osasis.losses import LossWeights
     from ..osasis.models import DiffAEAutoencoder, LatentDDIMNet
-    from ..osasis.train import OSASISTrainer, TrainConfig
+    from ..osasis.config import TrainConfig
+    from ..osasis.train import OSASISTrainer
 
     run = Path(args.output)
     config = TrainConfig(

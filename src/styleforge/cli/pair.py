@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 def _register_train(actions) -> None:
     from ..loading import DEFAULT_SD1_MODEL
-    from ..pair_customization.adapters import DEFAULT_BASIS_SEED, DEFAULT_TARGETS
+    from ..pair_customization.constants import DEFAULT_BASIS_SEED, DEFAULT_TARGETS
 
     p = actions.add_parser("train", help="learn a style from a content image and its stylized version",
                            description="Trains for --iterations (content adapter from 0, style adapter from "
@@ -83,7 +83,7 @@ def _register_train(actions) -> None:
 
 
 def _register_apply(actions) -> None:
-    from ..pair_customization.pipeline import SCHEDULERS
+    from ..pair_customization.constants import SCHEDULERS
 
     p = actions.add_parser("apply", help="generate (or restyle a photo) with one or more learned styles",
                            description="Style guidance (paper Eq. 10/11) on the unmodified base model. Several --style "

@@ -30,9 +30,9 @@ from ..errors import InputError
 from ..io import ImageLike
 from ..loading import DEFAULT_SD1_MODEL
 from .adapters import DEFAULT_TARGETS, UNetAdapters
+from .constants import SCHEDULERS
 from .style_io import StyleAdapter
 
-SCHEDULERS = ("pndm", "ddim", "euler", "euler_a", "dpm")
 #: classifier-free guidance per family: SD 1.5 convention / the paper's SDXL value (spec §9)
 DEFAULT_GUIDANCE = {SD1: 7.5, SDXL: 5.0}
 
