@@ -186,19 +186,20 @@ def _clip(name: str, offline, preprocess: str, need_tokenizer: bool):
     from transformers import CLIPModel
 
     from ..errors import ModelNotFoundError
-    from ..loading import _reason, is_offline
+    from ..loading import local_files_only, unavailable_reason
     from ..osasis.losses import CLIPEmbedder
 
+    local_only = local_files_only(offline)
     try:
-        model = CLIPModel.from_pretrained(name, local_files_only=is_offline(offline))
+        model = CLIPModel.from_pretrained(name, local_files_only=local_only)
     except Exception as e:
-        raise ModelNotFoundError(f"CLIP model {name!r} is not available ({_reason(e)}); download it with "
+        raise ModelNotFoundError(f"CLIP model {name!r} is not available ({unavailable_reason(e, offline)}); download it with "
                                  f"`hf download {name}` or pass --clip /local/folder") from None
     tokenizer = None
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=is_offline(offline))
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     except Exception:
         if need_tokenizer:
             raise ModelNotFoundError(f"CLIP model {name!r} has no tokenizer; text-driven manipulation needs one") from None
