@@ -48,6 +48,8 @@ class StyleforgePipeline(DiffusionPipeline):
         dtype = resolve_dtype(torch_dtype) if torch_dtype is not None else None
         try:
             pipe = super().from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **kwargs)
+        except ArchitectureError as e:  # raised while constructing, before the pipeline knows its name
+            raise e.for_model(model) from None
         except ModelNotFoundError:
             raise
         except Exception as e:  # missing component files, bad configs, unloadable weights
@@ -156,22 +158,34 @@ class StyleforgePipeline(DiffusionPipeline):
                 "styleforge": __version__, "params": params}
 
 
+class ArchitectureError(ModelNotFoundError):
+    """A model the method cannot run; the message names the model once its name is known."""
+
+    def __init__(self, name: str | None, problem: str):
+        self.problem = problem
+        super().__init__(f"model {name!r} {problem}" if name else f"these components: {problem}")
+
+    def for_model(self, name: str) -> "ArchitectureError":
+        return ArchitectureError(name, self.problem)
+
+
 def check_architecture(pipe, families: tuple[str, ...]) -> None:
     from diffusers import UNet2DConditionModel
 
-    name = getattr(getattr(pipe, "config", None), "_name_or_path", None) or "the given components"
+    name = getattr(getattr(pipe, "config", None), "_name_or_path", None)
     if not isinstance(pipe.unet, UNet2DConditionModel):
-        raise ModelNotFoundError(f"model {name!r} has an unsupported architecture ({type(pipe.unet).__name__}); "
-                                 "styleforge needs a Stable Diffusion 1.x or SDXL UNet2DConditionModel")
+        raise ArchitectureError(name, f"has an unsupported architecture ({type(pipe.unet).__name__}); "
+                                      "styleforge needs a Stable Diffusion 1.x or SDXL UNet2DConditionModel")
     family = SDXL if pipe.text_encoder_2 is not None else SD1
     if (pipe.unet.config.addition_embed_type == "text_time") != (family == SDXL):
-        raise ModelNotFoundError(f"model {name!r} has an unsupported architecture: its UNet and text encoders do not "
-                                 "form a Stable Diffusion 1.x or SDXL model")
+        raise ArchitectureError(name, "has an unsupported architecture: its UNet and text encoders do not form a "
+                                      "Stable Diffusion 1.x or SDXL model")
     if getattr(pipe.scheduler.config, "prediction_type", "epsilon") != "epsilon":
-        raise ModelNotFoundError(f"model {name!r} predicts {pipe.scheduler.config.prediction_type!r}; styleforge's "
-                                 "samplers need an epsilon-prediction model (SD 1.x, SDXL base)")
+        raise ArchitectureError(name, f"predicts {pipe.scheduler.config.prediction_type!r}; styleforge's samplers need "
+                                      "an epsilon-prediction model (SD 1.x, SDXL base)")
     if family not in families:
-        raise ModelNotFoundError(f"model {name!r} is {family.upper()}-shaped; this method supports {', '.join(f.upper() for f in families)}")
+        raise ArchitectureError(name, f"is {family.upper()}-shaped; this method supports "
+                                      f"{', '.join(f.upper() for f in families)}")
 
 
 @dataclass
