@@ -150,6 +150,21 @@ def center_crop_resize(img: Image.Image, size: int | tuple[int, int]) -> Image.I
     return img.resize((tw, th), Image.BICUBIC) if img.size != (tw, th) else img
 
 
+def aspect_size(image_size: tuple[int, int], side: int, multiple: int, *, fit: str = "short") -> tuple[int, int]:
+    """(w, h) with the image's aspect ratio, its shorter (``fit="short"``) or longer (``"long"``) side scaled to
+    ``side``, both sides rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
+    w, h = image_size
+    scale = side / (min(w, h) if fit == "short" else max(w, h))
+    return tuple(max(multiple, round(x * scale / multiple) * multiple) for x in (w, h))
+
+
+def crop_loss(image_size: tuple[int, int], target: tuple[int, int]) -> float:
+    """The fraction of the image a centre crop to ``target``'s aspect ratio cuts away (0: none)."""
+    (w, h), (tw, th) = image_size, target
+    a, ta = w / h, tw / th
+    return 1 - min(a, ta) / max(a, ta)
+
+
 def pil_to_tensor(img: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
     """RGB PIL image(s) to a float tensor (B, 3, H, W) in [-1, 1]."""
     imgs = [img] if isinstance(img, Image.Image) else list(img)

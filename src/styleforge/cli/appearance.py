@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_common_args, add_subcommand, int_pair, str2bool
+from .common import add_common_args, add_size_args, add_subcommand, int_pair, str2bool
 
 
 def register(sub) -> None:
@@ -46,7 +46,7 @@ def register(sub) -> None:
     g.add_argument("--exact-reconstruction", action="store_true", help="denoise with the inversion's CFG too (exact reconstructions, 2x cost)")
     g.add_argument("--num-segments", type=int, default=5, help="k-means clusters of the self-segmentation")
     g.add_argument("--segmentation-seed", type=int, default=1, help="k-means seed")
-    g.add_argument("--size", type=int, default=None, help="working resolution (default: the model's, 512 for SD 1.5)")
+    add_size_args(g)
     g = p.add_argument_group("speed and memory")
     g.add_argument("--guidance-rows", choices=("output", "all"), default="output", help="run the plain guidance pass for the output row only (exact) or for all rows (official)")
     g.add_argument("--attention-chunk-size", type=int, default=None, help="query chunk of the swapped layers (exact; less memory)")
@@ -87,7 +87,7 @@ def run(args) -> int:
     from ..diffusion.freeu import FreeUConfig
     from ..diffusion.inversion import Inversion, InversionCache
     from ..io import center_crop_resize, load_image, make_strip, save_image
-    from .common import load_pipeline
+    from .common import load_pipeline, size_from_args
 
     seeds = [args.seed + k for k in range(max(1, args.num_seeds))]
     planned = {s: _outputs(args, s) for s in seeds}  # refuse existing outputs before any work
@@ -103,7 +103,7 @@ def run(args) -> int:
         structure_injection_period=args.structure_injection_period, structure_injection_limit=args.structure_injection_limit,
         step_index_lag=args.step_index_lag, freeu=args.freeu,
         inversion_guidance_scale=args.inversion_guidance_scale, exact_reconstruction=args.exact_reconstruction,
-        num_segments=args.num_segments, segmentation_seed=args.segmentation_seed, size=args.size,
+        num_segments=args.num_segments, segmentation_seed=args.segmentation_seed, size=size_from_args(args, pipe),
         guidance_rows=args.guidance_rows, attention_chunk_size=args.attention_chunk_size)
     freeu_config = FreeUConfig(b1=args.freeu_b1, b2=args.freeu_b2, s1=args.freeu_s1, s2=args.freeu_s2)
     cache = None if args.no_cache else InversionCache()

@@ -35,6 +35,23 @@ def add_common_args(
     g.add_argument("--offline", action="store_true", help="never contact the hub; use local files only (also HF_HUB_OFFLINE=1)")
 
 
+def add_size_args(group, side: str = "shorter") -> None:
+    """--size and --crop: the aspect ratio is kept unless --crop asks for the centre square."""
+    group.add_argument("--size", type=int, default=None,
+                       help=f"{side} side of the working size, aspect ratio kept (default: the model's resolution, 512 "
+                            "for SD 1.5); with --crop the square's side")
+    group.add_argument("--crop", action=argparse.BooleanOptionalAction, default=False,
+                       help="centre-crop to a square (the old behaviour) instead of keeping the aspect ratio")
+
+
+def size_from_args(args, pipe):
+    """The ``size`` a pipeline takes for --size/--crop: a (side, side) square with --crop, else --size."""
+    if not args.crop:
+        return args.size
+    side = args.size or pipe.default_resolution
+    return (side, side)
+
+
 def add_subcommand(subparsers, name: str, *, help: str, description: str | None = None) -> argparse.ArgumentParser:
     return subparsers.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
 

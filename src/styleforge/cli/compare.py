@@ -48,7 +48,7 @@ def register(sub) -> None:
                         "pair index); repeatable")
     p.add_argument("--method-option", action="append", type=_key_value, default=[], metavar="METHOD.KEY=VALUE",
                    help="an option for one method, e.g. region.strength=0.5; repeatable")
-    p.add_argument("--size", type=int, default=256, help="working resolution: every input is centre-cropped and resized to SIZE x SIZE")
+    p.add_argument("--size", type=int, default=None, help="one working resolution for all: every input is centre-cropped and resized to SIZE x SIZE (default: each method at its native size; metrics on 256x256 centre crops)")
     p.add_argument("--seed", type=int, default=0, help="seed given to every method")
     p.add_argument("--seed-policy", choices=("same", "per-pair"), default="same",
                    help="'same': SEED for every pair; 'per-pair': SEED + pair index (identical across methods either way)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_common_args, add_subcommand
+from .common import add_common_args, add_size_args, add_subcommand
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance during inversion")
     p.add_argument("--eta", type=float, default=1.0, help="edit-friendly DDPM eta")
     p.add_argument("--keep-last-noise", action="store_true", help="keep the last noise map (exact reconstruction) instead of zeroing it as the official code does")
-    p.add_argument("--size", type=int, default=None, help="square working resolution (default: the model's)")
+    add_size_args(p)
     p.add_argument("--reconstruction", default=None, help="also write the reconstruction to this PNG")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="inversion file (.safetensors)")
@@ -31,14 +31,14 @@ def run(args) -> int:
     from ..diffusion.pipeline import InversionPipeline
     from ..io import check_output_path, save_image
     from ..runtime import make_generator
-    from .common import load_pipeline
+    from .common import load_pipeline, size_from_args
 
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=[args.image], suffix=".safetensors")
     if args.reconstruction:
         check_output_path(args.reconstruction, overwrite=args.overwrite, inputs=[args.image])
     pipe = load_pipeline(InversionPipeline, args)
     result = pipe(args.image, args.prompt, kind=args.kind.replace("-", "_"), num_inference_steps=args.num_inference_steps,
-                  guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, size=args.size,
+                  guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, size=size_from_args(args, pipe),
                   generator=make_generator(args.seed), seed=args.seed, eta=args.eta,
                   zero_last_noise=not args.keep_last_noise, cache=None if args.no_cache else InversionCache())
     result.inversion.save(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common_args, add_subcommand, fraction_pair, str2bool
+from .common import add_common_args, add_size_args, add_subcommand, fraction_pair, str2bool
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -66,7 +66,7 @@ def register(sub) -> None:
     g.add_argument("--save-inversion", metavar="FILE", help="also write the inverted latent x_T with its caption (.safetensors)")
     g.add_argument("--inversion", metavar="FILE", help="edit a saved inversion instead of inverting again (its caption is used unless --caption is given)")
     g = p.add_argument_group("runtime and outputs")
-    g.add_argument("--size", type=int, default=None, help="square working size (default: long side at the model's resolution, aspect kept)")
+    add_size_args(g, "longer")
     g.add_argument("--reference-mode", choices=("interleaved", "stored"), default="interleaved",
                    help="run each reference step just before its guided step (least memory) or the whole reference pass first")
     g.add_argument("--offload-reference", action="store_true", help="with --reference-mode stored: keep the reference records on the CPU")
@@ -113,7 +113,7 @@ def run(args) -> int:
     from ..io import check_output_path, save_image, sibling_path
     from ..pix2pix_zerocon import Pix2PixZeroConPipeline
     from ..runtime import make_generator
-    from .common import load_pipeline
+    from .common import load_pipeline, size_from_args
 
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=[args.image])
     recon = check_output_path(sibling_path(out, "recon"), overwrite=args.overwrite, inputs=[args.image]) if args.save_reconstruction else None
@@ -129,8 +129,8 @@ def run(args) -> int:
         if info.get("num_inference_steps") != args.steps:
             raise InputError(f"{args.inversion} was inverted with {info.get('num_inference_steps')} steps; pass --steps "
                              f"{info.get('num_inference_steps')}")
-        if args.size is None and info.get("size"):
-            args.size = info["size"][0] if info["size"][0] == info["size"][1] else None
+        if args.size is None and not args.crop and info.get("size"):
+            args.size = tuple(info["size"])  # (w, h) the inversion was made at
         caption = caption or info.get("caption")
     pipe = load_pipeline(Pix2PixZeroConPipeline, args)
     edit = _edit_kwargs(args)
@@ -143,7 +143,7 @@ def run(args) -> int:
                   cut_layers=args.cut_layers, cut_num_patches=args.cut_num_patches,
                   cut_patch_sizes=args.cut_patch_sizes, cut_tau=args.cut_tau, inversion_grid=args.inversion_grid,
                   reg_lambda_ac=args.reg_lambda_ac, reg_lambda_kl=args.reg_lambda_kl, reg_steps=args.reg_steps,
-                  reg_rolls=args.reg_rolls, vae_sample=args.vae_sample, size=args.size,
+                  reg_rolls=args.reg_rolls, vae_sample=args.vae_sample, size=size_from_args(args, pipe),
                   generator=make_generator(args.seed), seed=args.seed, reference_mode=args.reference_mode,
                   offload_reference=args.offload_reference, return_log=bool(args.save_log), **edit)
     method = "pix2pix-zero" if args.contrastive_weight == 0 else "pix2pix-zerocon"

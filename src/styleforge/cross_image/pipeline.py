@@ -128,8 +128,12 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             raise InputError("guidance_rows must be 'output' or 'all'")
         device = self.unet.device
 
-        struct_px = self.preprocess(structure_image, size, name="structure image")
-        app_px = self.preprocess(appearance_image, size, name="appearance image")
+        # self-segmentation clusters square attention grids: without both masks the structure is cropped square
+        self_segments = adain == "masked" and (structure_mask is None or appearance_mask is None)
+        struct_px = self.preprocess(structure_image, size, name="structure image", crop=self_segments,
+                                    why=" (self-segmentation needs a square: give both masks, or adain full/off, to keep it)")
+        app_px = self.preprocess(appearance_image, (struct_px.shape[-1], struct_px.shape[-2]), name="appearance image",
+                                 why=" (the structure image's working size)")
         h, w = (s // self.vae_scale_factor for s in struct_px.shape[-2:])
         if app_px.shape != struct_px.shape:
             raise InputError("structure and appearance images must be processed at the same size")

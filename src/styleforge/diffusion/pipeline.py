@@ -7,6 +7,7 @@ tokenizer(s), unet, scheduler). It adds what every method needs: loading with cl
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..errors import InputError, ModelNotFoundError
-from ..io import ImageLike, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from ..io import ImageLike, aspect_size, center_crop_resize, crop_loss, load_image, pil_to_tensor, tensor_to_pil
 from ..loading import DEFAULT_SD1_MODEL, DEFAULT_SDXL_MODEL, resolve_model_folder  # noqa: F401 (re-exported)
 from ..runtime import resolve_device, resolve_dtype
 from .prompts import Conditioning, PromptEncoder
@@ -115,13 +116,41 @@ class StyleforgePipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------- images
 
-    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image") -> torch.Tensor:
-        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1]."""
-        size = size or self.default_resolution
-        w, h = (size, size) if isinstance(size, int) else size
-        if w % self.vae_scale_factor or h % self.vae_scale_factor:
-            raise InputError(f"image size must be a multiple of {self.vae_scale_factor}, got {w}x{h}")
-        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h)))
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the UNet's total downsampling (SD: 64)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    #: which side of the image the model's resolution (or ``size``) sets when the aspect ratio is kept
+    working_side = "short"
+
+    def working_size(self, image_size: tuple[int, int], size: int | tuple[int, int] | None = None, *,
+                     crop: bool = False) -> tuple[int, int]:
+        """(w, h) to process an image of ``image_size`` at: its aspect ratio with the shorter side (``working_side``)
+        at ``size`` (default: the model's resolution), both sides multiples of ``size_multiple``; with ``crop`` a
+        square of that side; a (w, h) ``size`` as given."""
+        m = self.size_multiple
+        if isinstance(size, (tuple, list)):
+            w, h = (int(x) for x in size)
+        else:
+            w = h = int(size or self.default_resolution)
+        if w <= 0 or h <= 0 or w % m or h % m:
+            raise InputError(f"the working size must be positive multiples of {m} for this model, got {w}x{h}")
+        if isinstance(size, (tuple, list)) or crop:
+            return w, h
+        return aspect_size(image_size, w, m, fit=self.working_side)
+
+    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
+                   crop: bool = False, why: str = "") -> torch.Tensor:
+        """Load and resize to :meth:`working_size` (the image's aspect ratio kept unless ``crop`` or a (w, h)
+        ``size`` asks for another: then the centre is cropped, with a warning ending in ``why``); (1, 3, H, W)
+        in [-1, 1]."""
+        img = load_image(image, name=name)
+        target = self.working_size(img.size, size, crop=crop)
+        if crop_loss(img.size, target) > 0.01:  # more than the rounding of the sides to the size multiple
+            warnings.warn(f"the {name} ({img.size[0]}x{img.size[1]}) is centre-cropped to the aspect ratio of "
+                          f"{target[0]}x{target[1]}{why}", stacklevel=2)
+        return pil_to_tensor(center_crop_resize(img, target))
 
     def _vae_dtype(self) -> torch.dtype:
         # SDXL's VAE overflows in fp16 (config force_upcast): run it in fp32 then
