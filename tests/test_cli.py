@@ -99,3 +99,21 @@ def test_architecture_errors_name_the_model(tiny_sdxl_folder, capsys):
                  "-o", "never.png"]) == 2
     err = capsys.readouterr().err
     assert f"model {out!r} is SDXL-shaped" in err and "components" not in err
+
+
+def test_old_flag_spellings_still_work_with_a_deprecation_warning(tmp_path, capsys):
+    from styleforge.cli.main import _boolean_flags, modernise_argv
+
+    flags = _boolean_flags(build_parser())
+    argv, notes = modernise_argv(["region", "apply", "--strip", "false", "--quiet", "--contrast-clip=no",
+                                  "--kind", "edit-friendly", "--no-cache", "--save-strip"], flags)
+    assert argv == ["region", "apply", "--no-save-strip", "--no-progress", "--no-contrast-clip", "--kind",
+                    "edit_friendly", "--no-cache", "--save-strip"]
+    assert len(notes) == 4 and all("deprecated" in n for n in notes)
+    # every boolean is a --flag/--no-flag pair, and no two commands spell one concept differently
+    assert {"--cache", "--progress", "--save-strip", "--crop", "--overwrite"} <= flags
+    assert not flags & {"--quiet", "--strip", "--no-cache", "--no-progress"}
+    # end to end: the old spelling runs and says what to type instead, on one line
+    assert main(["tiny-model", str(tmp_path / "m"), "--overwrite", "false"]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == "styleforge: warning: `--overwrite false` is deprecated; use --no-overwrite"

@@ -6,6 +6,8 @@ diffusers are imported inside ``run``.
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
+
 import argparse
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -31,8 +33,8 @@ def add_common_args(
     g.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision")
     g.add_argument("--seed", type=int, default=seed_default, help="random seed (results are reproducible per seed)")
     g.add_argument("-o", "--output", required=output_required, help=output_help)
-    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    g.add_argument("--offline", action="store_true", help="never contact the hub; use local files only (also HF_HUB_OFFLINE=1)")
+    g.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace existing output files")
+    g.add_argument("--offline", action=BooleanOptionalAction, default=False, help="never contact the hub; use local files only (also HF_HUB_OFFLINE=1)")
 
 
 def add_size_args(group, side: str = "shorter") -> None:

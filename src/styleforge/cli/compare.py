@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
+
 import argparse
 
 from .common import DEVICES, DTYPES, add_subcommand
@@ -68,8 +70,8 @@ def register(sub) -> None:
     g.add_argument("--model", default=None, help="model of the methods (each method's default when omitted)")
     g.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
     g.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision")
-    g.add_argument("--offline", action="store_true", help="never contact the hub (also HF_HUB_OFFLINE=1)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing report and outputs")
+    g.add_argument("--offline", action=BooleanOptionalAction, default=False, help="never contact the hub (also HF_HUB_OFFLINE=1)")
+    g.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace an existing report and outputs")
     p.set_defaults(func=run)
 
     m = add_subcommand(
@@ -90,7 +92,7 @@ def register(sub) -> None:
     m.add_argument("--weights", action="append", type=_key_value, default=[], metavar="KEY=SOURCE",
                    help="weights of a metric network (as for compare)")
     m.add_argument("--weights-dir", default=None, help="folder holding weight files under their standard names")
-    m.add_argument("--offline", action="store_true", help="never contact the hub")
+    m.add_argument("--offline", action=BooleanOptionalAction, default=False, help="never contact the hub")
     m.set_defaults(func=run_metrics)
 
 

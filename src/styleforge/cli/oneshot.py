@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
 
-from .common import add_common_args, add_subcommand, dataclass_defaults, str2bool
+
+from .common import add_common_args, add_subcommand, dataclass_defaults
 
 DEFAULT_DIFFAE = "checkpoints/ffhq256_autoenc/last.ckpt"
 DEFAULT_LATENT = "checkpoints/ffhq256_autoenc_latent/last.ckpt"
@@ -42,8 +44,8 @@ def _register_prepare(steps) -> None:
     g.add_argument("--l1-weight", type=float, default=10.0, help="selection score: weight of mean |x - style|")
     g.add_argument("--lpips-weight", type=float, default=1.0, help="selection score: weight of LPIPS-VGG (0 skips loading it)")
     g.add_argument("--batch-size", type=int, default=8, help="candidates per DDPM batch")
-    g.add_argument("--clamp", type=str2bool, default=True, help="clip x0 to [-1, 1] at every step")
-    g.add_argument("--save-candidates", action="store_true", help="also write every candidate to run/candidates/")
+    g.add_argument("--clamp", action=BooleanOptionalAction, default=True, help="clip x0 to [-1, 1] at every step")
+    g.add_argument("--save-candidates", action=BooleanOptionalAction, default=False, help="also write every candidate to run/candidates/")
     _lpips_args(p)
     add_common_args(p, model_default=DEFAULT_P2, model_help="P2-weighting FFHQ DDPM: ffhq_p2.pt or a saved ADMUNet folder",
                     output_help="run folder", seed_default=1)
@@ -153,16 +155,16 @@ def _register_train(steps) -> None:
     g.add_argument("--plan", choices=("official", "consistent"), default=d.plan, help="decode from one stride below t0 (official) or from t0")
     g.add_argument("--latent-steps", type=int, default=d.latent_steps, help="latent DDIM steps for sampling content codes")
     g.add_argument("--content-steps", type=int, default=d.content_steps, help="DDIM steps for generating content faces")
-    g.add_argument("--clamp", type=str2bool, default=d.clamp, help="clip x0 to [-1, 1]")
-    g.add_argument("--dropout", type=str2bool, default=d.dropout, help="keep eps_B's dropout active while training (official)")
+    g.add_argument("--clamp", action=BooleanOptionalAction, default=d.clamp, help="clip x0 to [-1, 1]")
+    g.add_argument("--dropout", action=BooleanOptionalAction, default=d.dropout, help="keep eps_B's dropout active while training (official)")
     g.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off", help="run eps_B/SPN forward passes under autocast (GPU speed); weights stay fp32")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute eps_B activations in backward (less memory, more time)")
+    g.add_argument("--gradient-checkpointing", action=BooleanOptionalAction, default=False, help="recompute eps_B activations in backward (less memory, more time)")
     g = p.add_argument_group("SPN")
     g.add_argument("--spn", choices=("time", "plain", "none"), default=d.spn, help="time-conditioned SPN (official), time-free, or none")
     g.add_argument("--spn-time-input", choices=("grid_index", "timestep"), default=d.spn_time_input, help="what the SPN's time input is")
     g.add_argument("--spn-weight", type=float, default=d.spn_weight, help="lambda_SPN of the content branch")
     g.add_argument("--style-spn-weight", type=float, default=d.style_spn_weight, help="SPN weight of the style branch (official 1.0; paper: lambda)")
-    g.add_argument("--zero-init-spn", action="store_true", help="zero the SPN's output conv (start from plain DiffAE)")
+    g.add_argument("--zero-init-spn", action=BooleanOptionalAction, default=False, help="zero the SPN's output conv (start from plain DiffAE)")
     g = p.add_argument_group("losses (Eq. 26)")
     g.add_argument("--cross-weight", type=float, default=d.weights.cross, help="cross-domain directional loss")
     g.add_argument("--in-weight", type=float, default=d.weights.in_domain, help="in-domain directional loss")
@@ -176,7 +178,7 @@ def _register_train(steps) -> None:
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept (0: all)")
     g.add_argument("--resume", nargs="?", const=True, default=False, help="continue from the latest checkpoint in RUN/ckpt (or the given file)")
     g.add_argument("--stop-after", type=int, default=None, help="stop this call after N iterations (checkpointing first)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
     add_common_args(p, model_default=DEFAULT_DIFFAE, model_help="DiffAE FFHQ-256 autoencoder: official last.ckpt or a saved folder",
                     output_help="run folder (from prepare)")
     p.set_defaults(func=run_train)
@@ -256,7 +258,7 @@ def run_train(args) -> int:
     if args.overwrite and not args.resume:
         for old in (run / "ckpt").glob("iter_*.pt"):
             old.unlink()
-    trainer.train(resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    trainer.train(resume=args.resume, progress=args.progress, stop_after=args.stop_after)
     if trainer.iteration >= config.iterations:
         print(f"wrote {run / 'model'} (iteration {trainer.iteration})")
     else:
@@ -280,9 +282,9 @@ def _register_apply(steps) -> None:
     g.add_argument("--plan", choices=("official", "consistent"), default=None, help="timestep plan (default: the run's training plan; official for --checkpoint)")
     g.add_argument("--spn-weight", type=float, default=0.1, help="lambda_SPN (larger: more structure)")
     g.add_argument("--split-resolution", type=int, default=32, help="f_ch: levels at this resolution or finer take the style code")
-    g.add_argument("--swap-codes", action="store_true", help="opposite assignment (paper Fig. 8 ablation)")
-    g.add_argument("--style-middle", action="store_true", help="also give the middle block the style code (not official)")
-    g.add_argument("--clamp", type=str2bool, default=True, help="clip x0 to [-1, 1]")
+    g.add_argument("--swap-codes", action=BooleanOptionalAction, default=False, help="opposite assignment (paper Fig. 8 ablation)")
+    g.add_argument("--style-middle", action=BooleanOptionalAction, default=False, help="also give the middle block the style code (not official)")
+    g.add_argument("--clamp", action=BooleanOptionalAction, default=True, help="clip x0 to [-1, 1]")
     g.add_argument("--batch-size", type=int, default=64, help="photos per batch")
     g = p.add_argument_group("text-driven manipulation")
     g.add_argument("--edit-source", default=None, help="source text, e.g. 'face'")
@@ -362,7 +364,7 @@ def _register_align(steps) -> None:
     p.add_argument("--landmarks", required=True, help="text/JSON file with 68 (x, y) landmarks (dlib order)")
     p.add_argument("--size", type=int, default=256, help="output size")
     p.add_argument("-o", "--output", required=True, help="output PNG")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace an existing output")
     p.set_defaults(func=run_align)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
+
 import argparse
 import shlex
 import sys
 
-from .common import add_common_args, add_subcommand, str2bool
+from .common import add_common_args, add_subcommand
 
 PRESETS = ("test", "cpu64", "gpu128", "ref256")
 
@@ -44,7 +46,7 @@ def _register_apply(sub) -> None:
     p.add_argument("--style", action="append", required=True, help="style image; repeat for several edits")
     p.add_argument("--mask", action="append", help="mask image (white = restyle), one per --style; omit for global transfer")
     p.add_argument("--strength", type=float, default=1.0, help="style strength t in [0, 1]: style code (1-t)·S_content + t·S_style")
-    p.add_argument("--paste-back", action="store_true", help="keep pixels outside the mask exactly as in the content image")
+    p.add_argument("--paste-back", action=BooleanOptionalAction, default=False, help="keep pixels outside the mask exactly as in the content image")
     p.add_argument("--paste-margin", type=int, default=None, metavar="PX",
                    help="with --paste-back, restyle PX pixels beyond the mask before pasting back, so the region keeps the "
                         "new style up to its edge (default: one feature cell of the model, 2^d px; 0 = the mask itself)")
@@ -53,7 +55,7 @@ def _register_apply(sub) -> None:
     p.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="mask resampling to the feature grid")
     p.add_argument("--feather", type=float, default=0.0, help="Gaussian feathering of the mask, sigma in pixels (0 = off)")
     p.add_argument("--size", type=int, default=None, help="working resolution (shorter side); default: the model's training size")
-    p.add_argument("--strip", type=str2bool, default=True, help="also write OUTPUT.strip.png with the inputs and the result")
+    p.add_argument("--save-strip", action=BooleanOptionalAction, default=True, help="also write OUTPUT.strip.png with the inputs and the result")
     add_common_args(p, model_default=None, model_help="region model folder (default: the bundled model)")
     p.set_defaults(func=run_apply)
 
@@ -99,18 +101,18 @@ def _register_train(sub) -> None:
     r.add_argument("--reg-interval", type=int, default=16, help="K: L_CC and L_CA run every K iterations")
     r.add_argument("--reg-offset", type=int, default=0, help="phase of L_CA relative to L_CC within K")
     r.add_argument("--reg-start", type=int, default=0, help="warm-up: no L_CC/L_CA before this iteration")
-    r.add_argument("--reg-scale-by-interval", type=str2bool, default=False, help="multiply L_CC/L_CA by K")
-    r.add_argument("--cc-detach-targets", type=str2bool, default=True, help="stop-gradient on the L_CC targets C_A, S_B")
-    r.add_argument("--ca-detach-target", type=str2bool, default=True, help="stop-gradient on the L_CA pseudo target I_g")
-    r.add_argument("--ca-detach-input", type=str2bool, default=False, help="recompute trunk(I_g) for L_CA with I_g detached")
-    r.add_argument("--ca-normalize-by-area", type=str2bool, default=False, help="divide each L_CA term by its mask's coverage")
-    r.add_argument("--adv-on-region", type=str2bool, default=False, help="let the image discriminator also judge I_h")
+    r.add_argument("--reg-scale-by-interval", action=BooleanOptionalAction, default=False, help="multiply L_CC/L_CA by K")
+    r.add_argument("--cc-detach-targets", action=BooleanOptionalAction, default=True, help="stop-gradient on the L_CC targets C_A, S_B")
+    r.add_argument("--ca-detach-target", action=BooleanOptionalAction, default=True, help="stop-gradient on the L_CA pseudo target I_g")
+    r.add_argument("--ca-detach-input", action=BooleanOptionalAction, default=False, help="recompute trunk(I_g) for L_CA with I_g detached")
+    r.add_argument("--ca-normalize-by-area", action=BooleanOptionalAction, default=False, help="divide each L_CA term by its mask's coverage")
+    r.add_argument("--adv-on-region", action=BooleanOptionalAction, default=False, help="let the image discriminator also judge I_h")
     r.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="M -> M_e resampling")
     r.add_argument("--mask-coverage", type=_fraction_pair, default=(0.1, 0.7), help="LOW,HIGH coverage of random masks")
     r.add_argument("--mask-trivial-probability", type=float, default=0.0, help="probability of an all-0 or all-1 mask")
     a = p.add_argument_group("architecture, patches and data")
     a.add_argument("--demod", choices=("standard", "input_scaling"), default="standard", help="modulated-conv flavour")
-    a.add_argument("--normalize-codes", type=str2bool, default=True, help="L2-normalise content and style codes")
+    a.add_argument("--normalize-codes", action=BooleanOptionalAction, default=True, help="L2-normalise content and style codes")
     a.add_argument("--style-gain", type=float, default=None,
                    help="factor on the normalised style code before the generator's affines (default 1, the official "
                         "SwapAE scale; sqrt(style_dim) gives the affines unit-variance inputs)")
@@ -129,7 +131,7 @@ def _register_train(sub) -> None:
     b.add_argument("--sample-every", type=int, default=250, help="write a sample grid every N iterations (0 = only at the end)")
     b.add_argument("--checkpoint-every", type=int, default=250, help="write a checkpoint every N iterations (0 = only at the end)")
     b.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
     p.set_defaults(func=run_train)
 
 
@@ -149,7 +151,7 @@ def run_apply(args) -> int:
     inputs = [args.content, *args.style, *(args.mask or [])]
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
     strip_path = sibling_path(out, "strip")
-    if args.strip:
+    if args.save_strip:
         check_output_path(strip_path, overwrite=args.overwrite, inputs=inputs)
     if not 0.0 <= args.strength <= 1.0:
         raise InputError(f"--strength must lie in [0, 1], got {args.strength}")
@@ -170,7 +172,7 @@ def run_apply(args) -> int:
     }
     save_image(result, out, metadata=metadata, overwrite=args.overwrite, inputs=inputs)
     print(f"wrote {out}")
-    if args.strip:
+    if args.save_strip:
         panels = [stylizer.prepare_content(args.content, args.size)]
         for i, style in enumerate(args.style):
             panels.append(load_image(style))
@@ -229,7 +231,7 @@ def run_train(args) -> int:
         style_gain=args.style_gain, content_channels=args.content_channels,
         crop_scale=args.crop_scale, load_size=args.load_size, ema_half_life_images=args.ema_half_life, seed=args.seed,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        resume=args.resume, device=args.device, progress=not args.no_progress,
+        resume=args.resume, device=args.device, progress=args.progress,
         command="styleforge region train " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1:])
         if "train" in sys.argv else None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
+
 from .common import add_subcommand
 
 
@@ -13,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("folder", help="folder to create")
     p.add_argument("--family", choices=("sd1", "sdxl", "osasis"), default="sd1", help="architecture family")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder's files")
+    p.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace an existing folder's files")
     p.set_defaults(func=run)
 
 

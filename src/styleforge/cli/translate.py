@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
+
 import argparse
 
-from .common import add_common_args, add_size_args, add_subcommand, fraction_pair, str2bool
+from .common import add_common_args, add_size_args, add_subcommand, fraction_pair
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -23,7 +25,7 @@ def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
                    help="sentences for word/prompt edits: the built-in template generator, paired prompt variations, or "
                         "the word/prompt alone; unset: template for words, single for prompts")
     g.add_argument("--num-sentences", type=int, default=1000, help="sentences per side from the generator")
-    g.add_argument("--no-direction-cache", action="store_true", help="do not read or write cached mean embeddings")
+    g.add_argument("--direction-cache", action=BooleanOptionalAction, default=True, help="read and write cached mean embeddings")
 
 
 def register(sub) -> None:
@@ -49,7 +51,7 @@ def register(sub) -> None:
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the caption, pix2pix-zero's real-image mode)")
     g.add_argument("--guidance-mode", choices=("p2pzero_code", "paper"), default="p2pzero_code",
                    help="official code (both CFG copies guided, the negative copy stepped) or Algorithm 1 (one latent, conditional branch)")
-    g.add_argument("--update-latent-before-step", type=str2bool, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
+    g.add_argument("--update-latent-before-step", action=BooleanOptionalAction, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
     g.add_argument("--guided-steps", type=fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
     g.add_argument("--cut-layers", choices=("down_attn1", "up_attn1", "all_attn1", "down_resnet"), default="down_attn1",
                    help="PatchNCE feature layers: encoder self-attention, decoder self-attention (CDS), all, encoder ResNets")
@@ -62,15 +64,15 @@ def register(sub) -> None:
     g.add_argument("--reg-lambda-kl", type=float, default=20.0, help="KL regulariser weight")
     g.add_argument("--reg-steps", type=int, default=5, help="regulariser outer iterations per inversion step (0 = off)")
     g.add_argument("--reg-rolls", type=int, default=5, help="autocorrelation steps per outer iteration")
-    g.add_argument("--vae-sample", action="store_true", help="sample the VAE posterior (seeded) instead of taking its mode")
+    g.add_argument("--vae-sample", action=BooleanOptionalAction, default=False, help="sample the VAE posterior (seeded) instead of taking its mode")
     g.add_argument("--save-inversion", metavar="FILE", help="also write the inverted latent x_T with its caption (.safetensors)")
     g.add_argument("--inversion", metavar="FILE", help="edit a saved inversion instead of inverting again (its caption is used unless --caption is given)")
     g = p.add_argument_group("runtime and outputs")
     add_size_args(g, "longer")
     g.add_argument("--reference-mode", choices=("interleaved", "stored"), default="interleaved",
                    help="run each reference step just before its guided step (least memory) or the whole reference pass first")
-    g.add_argument("--offload-reference", action="store_true", help="with --reference-mode stored: keep the reference records on the CPU")
-    g.add_argument("--save-reconstruction", action="store_true", help="also write <stem>.recon.png (the reference trajectory)")
+    g.add_argument("--offload-reference", action=BooleanOptionalAction, default=False, help="with --reference-mode stored: keep the reference records on the CPU")
+    g.add_argument("--save-reconstruction", action=BooleanOptionalAction, default=False, help="also write <stem>.recon.png (the reference trajectory)")
     g.add_argument("--save-direction", metavar="FILE", help="also write the edit direction (.safetensors or .pt)")
     g.add_argument("--save-log", metavar="FILE", help="also write the per-step losses and gradient norms (JSON)")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL)
@@ -95,7 +97,7 @@ def _edit_kwargs(args) -> dict:
                 target_prompt=args.target_prompt, source_embedding=args.source_embedding,
                 target_embedding=args.target_embedding, source_sentences=args.sentences_source,
                 target_sentences=args.sentences_target, sentence_source=args.sentence_source,
-                num_sentences=args.num_sentences, direction_cache=False if args.no_direction_cache else None)
+                num_sentences=args.num_sentences, direction_cache=None if args.direction_cache else False)
 
 
 def _direction_output(path: str, overwrite: bool):
