@@ -121,3 +121,10 @@ def test_cache_command_info_and_clear(capsys):
     assert main(["cache", "clear"]) == 0
     assert "removed 1 inversions entries" in capsys.readouterr().out
     assert InversionCache().usage().entries == 0
+
+
+def test_an_inversion_without_a_weights_fingerprint_is_never_cached(tmp_path):
+    inv = _inversion(0)
+    inv.weights = ""
+    cache = InversionCache(tmp_path / "inv")
+    assert cache.put(inv) is None and cache.get(**_key(inv)) is None and cache.usage().entries == 0

@@ -186,6 +186,8 @@ class InversionCache:
         return self.root / f"{self.key(**fields)}{self.SUFFIX}"
 
     def get(self, **fields) -> Inversion | None:
+        if not fields.get("weights"):  # without the weights' fingerprint an entry could be another model's
+            return None
         p = self.path(**fields)
         if not p.exists():
             return None
@@ -200,6 +202,8 @@ class InversionCache:
         """Store ``inversion`` and evict down to the cap; None when it could not be kept (cap, read-only disk)."""
         from ..errors import OutputError
 
+        if not inversion.weights:
+            return None
         p = self.path(**{k: getattr(inversion, k) for k in self.KEY_FIELDS})
         try:
             inversion.save(p)
