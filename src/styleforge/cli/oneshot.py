@@ -152,7 +152,8 @@ def _register_train(steps) -> None:
     g.add_argument("--t0-ratio", type=float, default=d.t0_ratio, help="encoding depth t0 / T")
     g.add_argument("--encode-steps", type=int, default=d.encode_steps, help="DDIM grid for encoding (T_train_for)")
     g.add_argument("--decode-steps", type=int, default=d.decode_steps, help="DDIM grid for decoding (T_train_back)")
-    g.add_argument("--plan", choices=("official", "consistent"), default=d.plan, help="decode from one stride below t0 (official) or from t0")
+    g.add_argument("--plan", choices=("official", "consistent"), default=d.plan,
+                   help="decode from one stride below t0 (official, the released recipe) or from t0 itself (ours)")
     g.add_argument("--latent-steps", type=int, default=d.latent_steps, help="latent DDIM steps for sampling content codes")
     g.add_argument("--content-steps", type=int, default=d.content_steps, help="DDIM steps for generating content faces")
     g.add_argument("--clamp", action=BooleanOptionalAction, default=d.clamp, help="clip x0 to [-1, 1]")
@@ -161,7 +162,8 @@ def _register_train(steps) -> None:
     g.add_argument("--gradient-checkpointing", action=BooleanOptionalAction, default=False, help="recompute eps_B activations in backward (less memory, more time)")
     g = p.add_argument_group("SPN")
     g.add_argument("--spn", choices=("time", "plain", "none"), default=d.spn, help="time-conditioned SPN (official), time-free, or none")
-    g.add_argument("--spn-time-input", choices=("grid_index", "timestep"), default=d.spn_time_input, help="what the SPN's time input is")
+    g.add_argument("--spn-time-input", choices=("grid_index", "timestep"), default=d.spn_time_input,
+                   help="the SPN's time input: the decode grid index (official) or the timestep (ours, grid-independent)")
     g.add_argument("--spn-weight", type=float, default=d.spn_weight, help="lambda_SPN of the content branch")
     g.add_argument("--style-spn-weight", type=float, default=d.style_spn_weight, help="SPN weight of the style branch (official 1.0; paper: lambda)")
     g.add_argument("--zero-init-spn", action=BooleanOptionalAction, default=False, help="zero the SPN's output conv (start from plain DiffAE)")
@@ -296,7 +298,9 @@ def _register_apply(steps) -> None:
     g.add_argument("--latent", default=DEFAULT_LATENT, help="latent checkpoint/folder (its code statistics, for --edit-space normalized)")
     g.add_argument("--latent-stats", default=None, help="latent.pkl with the code statistics")
     g.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP for the manipulation")
-    g.add_argument("--clip-preprocess", choices=("official", "proper"), default="official", help="CLIP input preprocessing")
+    g.add_argument("--clip-preprocess", choices=("official", "proper"), default="proper",
+                   help="CLIP input preprocessing of the text edit: bicubic + CLIP mean/std (proper; text directions need "
+                        "normalised inputs) or the official image-loss preprocessing (nearest resize, no normalisation)")
     add_common_args(p, model_default=None, model_help="DiffAE autoencoder (default: the one the run was trained from)",
                     output_help="output folder")
     p.set_defaults(func=run_apply)
@@ -310,6 +314,7 @@ def run_apply(args) -> int:
     from ..io import check_output_path, save_image
     from ..osasis.models import LatentDDIMNet
     from ..osasis.pipeline import EditSettings, OSASISPipeline, StylizeSettings, list_inputs
+    from .common import cached_model
 
     if (args.run is None) == (args.checkpoint is None):
         raise InputError("give exactly one of --run (a trained folder) or --checkpoint (an official iter_*.pt)")
@@ -321,12 +326,15 @@ def run_apply(args) -> int:
     device, dtype = _device_dtype(args)
     if args.run:
         meta = json.loads((Path(args.run) / "osasis.json").read_text()) if (Path(args.run) / "osasis.json").exists() else {}
-        pipe = OSASISPipeline.from_run(args.run, diffae=args.model, device=device)
+        pipe = cached_model(("OSASIS-run", args.run, args.model, str(device), args.dtype),
+                            lambda: OSASISPipeline.from_run(args.run, diffae=args.model, device=device))
         plan = args.plan or meta.get("train", {}).get("plan", "official")
     else:
         if not args.style or not args.model:
             raise InputError("--checkpoint needs --style (the artwork it was trained on) and --model (the DiffAE checkpoint)")
-        pipe = OSASISPipeline.from_official(args.checkpoint, diffae=args.model, style_image=args.style, device=device)
+        pipe = cached_model(("OSASIS-official", args.checkpoint, args.model, args.style, str(device), args.dtype),
+                            lambda: OSASISPipeline.from_official(args.checkpoint, diffae=args.model,
+                                                                 style_image=args.style, device=device))
         plan = args.plan or "official"
     style = args.style or pipe.style_image
     settings = StylizeSettings(t0_ratio=args.t0_ratio, encode_steps=args.encode_steps, decode_steps=args.decode_steps,

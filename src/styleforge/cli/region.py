@@ -140,8 +140,10 @@ def _register_train(sub) -> None:
 
 def _stylizer(args):
     from ..region.inference import RegionStylizer
+    from .common import cached_model
 
-    return RegionStylizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    return cached_model(("RegionStylizer", args.model, args.device, args.dtype),
+                        lambda: RegionStylizer.from_pretrained(args.model, device=args.device, dtype=args.dtype))
 
 
 def run_apply(args) -> int:
