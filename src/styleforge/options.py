@@ -129,14 +129,14 @@ def _tokens(option: Option, value: Any) -> list[str]:
         return [_text(value)]
     if option.kind == "flag":
         return [option.flag] if _truthy(value, option) else []
+    if option.kind == "bool":
+        return [option.flag if _truthy(value, option) else "--no-" + option.flag[2:]]
     if option.repeatable:
         values = value if isinstance(value, (list, tuple)) else [value]
         return [t for v in values for t in (option.flag, _text(v))]
     if option.nargs in ("+", "*") or isinstance(option.nargs, int):
         values = value if isinstance(value, (list, tuple)) else str(value).split()
         return [option.flag, *(_text(v) for v in values)]
-    if option.kind == "bool":
-        return [option.flag if _truthy(value, option) else "--no-" + option.flag[2:]]
     return [f"{option.flag}={_text(value)}"]  # '=' keeps values that start with '-' (negative numbers)
 
 
