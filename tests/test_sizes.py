@@ -20,6 +20,7 @@ def test_aspect_size_and_crop_loss():
     assert aspect_size((900, 600), 512, 64) == (768, 512)
     assert aspect_size((900, 600), 512, 64, fit="long") == (512, 320)
     assert aspect_size((10, 1000), 512, 64) == (512, 51200) and aspect_size((1000, 10), 64, 64, fit="long") == (64, 64)
+    assert aspect_size((1600, 900), 512, 64) == (896, 512) and aspect_size((1600, 900), 512, 64, fit="long") == (512, 256)
     assert crop_loss((900, 600), (768, 512)) == 0 and crop_loss((900, 600), (512, 512)) == pytest.approx(1 / 3)
 
 
@@ -53,3 +54,12 @@ def test_translate_keeps_a_3_2_image_3_2(wide, tmp_path, tiny_sd1_folder, monkey
                  "--model", str(tiny_sd1_folder), "--steps", "2", "--num-sentences", "4", "--size", "48",
                  "--cut-patch-sizes", "1", "--cut-num-patches", "8", "-o", str(out)]) == 0
     assert Image.open(out).size == (48, 32)  # translate's --size sets the longer side (pix2pix-zero's convention)
+
+
+def test_very_elongated_images_are_refused_unless_cropped(tmp_path, tiny_sd1_folder, capsys):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (200, 40), (10, 200, 30)).save(strip)
+    base = ["invert", str(strip), "--model", str(tiny_sd1_folder), "--steps", "2", "--kind", "ddim", "--no-cache"]
+    assert main(base + ["-o", str(tmp_path / "a.safetensors")]) == 2
+    assert "more elongated than 4:1" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "b.safetensors"), "--crop"]) == 0

@@ -152,10 +152,14 @@ def center_crop_resize(img: Image.Image, size: int | tuple[int, int]) -> Image.I
 
 def aspect_size(image_size: tuple[int, int], side: int, multiple: int, *, fit: str = "short") -> tuple[int, int]:
     """(w, h) with the image's aspect ratio, its shorter (``fit="short"``) or longer (``"long"``) side scaled to
-    ``side``, both sides rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
+    ``side``, the other rounded to the nearest multiple of ``multiple`` (down with ``"long"``, pix2pix-zeroCon
+    spec §8.21, so no side exceeds ``side``), at least one multiple."""
+    import math
+
     w, h = image_size
     scale = side / (min(w, h) if fit == "short" else max(w, h))
-    return tuple(max(multiple, round(x * scale / multiple) * multiple) for x in (w, h))
+    rounding = round if fit == "short" else math.floor
+    return tuple(max(multiple, int(rounding(x * scale / multiple)) * multiple) for x in (w, h))
 
 
 def crop_loss(image_size: tuple[int, int], target: tuple[int, int]) -> float:

@@ -21,6 +21,8 @@ from ..runtime import resolve_device, resolve_dtype
 from .prompts import Conditioning, PromptEncoder
 
 SD1, SDXL = "sd1", "sdxl"
+#: images more elongated than this are refused with aspect-kept sizing (a 512 px short side would make a huge strip)
+MAX_ASPECT = 4
 
 
 class StyleforgePipeline(DiffusionPipeline):
@@ -138,6 +140,9 @@ class StyleforgePipeline(DiffusionPipeline):
             raise InputError(f"the working size must be positive multiples of {m} for this model, got {w}x{h}")
         if isinstance(size, (tuple, list)) or crop:
             return w, h
+        if max(image_size) > MAX_ASPECT * min(image_size):  # the working size would be a huge strip
+            raise InputError(f"the image is {image_size[0]}x{image_size[1]}, more elongated than {MAX_ASPECT}:1; "
+                             "pass --crop (crop=True) or crop it first")
         return aspect_size(image_size, w, m, fit=self.working_side)
 
     def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
