@@ -47,7 +47,7 @@ def register(sub) -> None:
     g.add_argument("--inversion-guidance-scale", type=float, default=3.5, help="CFG of the inversion")
     g.add_argument("--exact-reconstruction", action=BooleanOptionalAction, default=False, help="denoise with the inversion's CFG too (exact reconstructions, 2x cost)")
     g.add_argument("--num-segments", type=int, default=5, help="k-means clusters of the self-segmentation")
-    g.add_argument("--segmentation-seed", type=int, default=1, help="k-means seed")
+    g.add_argument("--segmentation-seed", type=int, default=1, help="seed of the k-means RandomState (scikit-learn KMeans; the official code: 1)")
     add_size_args(g)
     g = p.add_argument_group("speed and memory")
     g.add_argument("--guidance-rows", choices=("output", "all"), default="output", help="run the plain guidance pass for the output row only (exact) or for all rows (official)")

@@ -24,6 +24,8 @@ from .sampling import EpsFn, alpha_bar, alpha_pair, ddim_step, ddpm_mean, ddpm_v
 
 DDIM = "ddim"
 EDIT_FRIENDLY = "edit_friendly"
+#: how the edit-friendly inversion draws its noise (part of cache keys, so inversions drawn otherwise are not reused)
+NOISE_DRAWS = "per_step_least_noisy_first"
 
 
 @dataclass
@@ -115,6 +117,20 @@ def ddim_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inference_steps:
     return Inversion(DDIM, torch.cat(latents[::-1]), timesteps, None, num_inference_steps=num_inference_steps, eta=0.0, **settings)
 
 
+def draw_noise_maps(num_steps: int, latent_shape: tuple[int, ...], generator: torch.Generator | None = None,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """The edit-friendly inversion's K forward-noise maps, (K, C, h, w), indexed like the grid (noisiest first).
+
+    Drawn as the official code (and LEDITS++) draws them: one latent-shaped float32 draw per grid point, least noisy
+    point first, on ``generator``'s device (``device`` without a generator), so a seed reproduces the official maps
+    on the same device. One batched draw in grid order would give other numbers.
+    """
+    gen_device = generator.device if generator is not None else device
+    draws = [torch.randn(latent_shape, generator=generator, device=gen_device, dtype=torch.float32)
+             for _ in range(num_steps)]
+    return torch.cat(draws[::-1]).to(device)
+
+
 @torch.no_grad()
 def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inference_steps: int, *,
                          generator: torch.Generator | None = None, eta: float = 1.0, zero_last_noise: bool = True,
@@ -125,8 +141,9 @@ def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inferen
     2. Going from noisy to clean, solve the sampler's step for the noise map that lands exactly on x_{k+1}:
        z_k = (x_{k+1} - mu_k) / (eta sigma_k).
     The official code zeroes the last map (``zero_last_noise=True``), so sampling then ends on mu_{K-1} instead of
-    x0 (a difference of sigma_{K-1} z, about 0.02 z on SD's grid); ``False`` keeps it and reconstructs x0 exactly.
-    ``x0`` is one latent (1, C, h, w); the K draws n_k come from ``generator`` in grid order.
+    x0 (a difference of sigma_{K-1} z, about 0.02 z on SD's grid); ``False`` keeps it and reconstructs x0 exactly
+    (as diffusers' LEDITS++ inversion does). ``x0`` is one latent (1, C, h, w); the K draws n_k come from
+    ``generator`` (on its device) as in the official code: see :func:`draw_noise_maps`.
     """
     from .sampling import timesteps_for
 
@@ -134,8 +151,7 @@ def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inferen
         raise ValueError("edit_friendly_invert inverts one latent at a time")
     timesteps = timesteps_for(scheduler, num_inference_steps)
     K = len(timesteps)
-    gen_device = generator.device if generator is not None else x0.device
-    draws = torch.randn((K,) + tuple(x0.shape[1:]), generator=generator, device=gen_device, dtype=torch.float32).to(x0)
+    draws = draw_noise_maps(K, tuple(x0.shape), generator, x0.device).to(x0)
     xs = [alpha_bar(scheduler, t).to(x0).sqrt() * x0[0] + (1 - alpha_bar(scheduler, t).to(x0)).sqrt() * draws[k]
           for k, t in enumerate(timesteps)] + [x0[0]]
     zs = torch.zeros((K,) + tuple(x0.shape[1:]), dtype=x0.dtype, device=x0.device)
@@ -151,7 +167,7 @@ def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inferen
     if zero_last_noise:
         zs[K - 1] = 0
     settings.setdefault("extra", {})
-    settings["extra"] = {**settings["extra"], "zero_last_noise": zero_last_noise}
+    settings["extra"] = {**settings["extra"], "zero_last_noise": zero_last_noise, "noise_draws": NOISE_DRAWS}
     return Inversion(EDIT_FRIENDLY, torch.stack(xs), timesteps, zs, num_inference_steps=num_inference_steps, eta=eta,
                      **settings)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
 from ..io import ImageLike, aspect_size, center_crop_resize, crop_loss, load_image, pil_to_tensor, tensor_to_pil
@@ -146,16 +147,16 @@ class StyleforgePipeline(DiffusionPipeline):
         return aspect_size(image_size, w, m, fit=self.working_side)
 
     def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
-                   crop: bool = False, why: str = "") -> torch.Tensor:
+                   crop: bool = False, why: str = "", resample: int = Image.BICUBIC) -> torch.Tensor:
         """Load and resize to :meth:`working_size` (the image's aspect ratio kept unless ``crop`` or a (w, h)
         ``size`` asks for another: then the centre is cropped, with a warning ending in ``why``); (1, 3, H, W)
-        in [-1, 1]."""
+        in [-1, 1]. ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
         img = load_image(image, name=name)
         target = self.working_size(img.size, size, crop=crop)
         if crop_loss(img.size, target) > 0.01:  # more than the rounding of the sides to the size multiple
             warnings.warn(f"the {name} ({img.size[0]}x{img.size[1]}) is centre-cropped to the aspect ratio of "
                           f"{target[0]}x{target[1]}{why}", stacklevel=2)
-        return pil_to_tensor(center_crop_resize(img, target))
+        return pil_to_tensor(center_crop_resize(img, target, resample))
 
     def _vae_dtype(self) -> torch.dtype:
         # SDXL's VAE overflows in fp16 (config force_upcast): run it in fp32 then
@@ -238,7 +239,7 @@ class InversionPipeline(StyleforgePipeline):
                  guidance_scale: float = 1.0, negative_prompt: str = "", size: int | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, cache=None, eta: float = 1.0,
                  zero_last_noise: bool = True) -> InversionOutput:
-        from .inversion import DDIM, EDIT_FRIENDLY, ddim_invert, edit_friendly_invert, image_hash
+        from .inversion import DDIM, EDIT_FRIENDLY, NOISE_DRAWS, ddim_invert, edit_friendly_invert, image_hash
         from .sampling import ddim_sample, edit_friendly_sample, noise_predictor
 
         if kind not in (DDIM, EDIT_FRIENDLY):
@@ -251,7 +252,8 @@ class InversionPipeline(StyleforgePipeline):
         settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
                         seed=seed, model_id=self.model_id, image_hash=image_hash(pixels),
                         weights=self.weights_fingerprint if cache is not None else "",
-                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise} if kind == EDIT_FRIENDLY else {}))
+                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise, "noise_draws": NOISE_DRAWS}
+                                                                  if kind == EDIT_FRIENDLY else {}))
         key = dict(settings, kind=kind, num_inference_steps=num_inference_steps, eta=eta if kind == EDIT_FRIENDLY else 0.0)
         inv = cache.get(**key) if cache is not None else None
         if inv is None:
