@@ -58,8 +58,8 @@ def test_translate_keeps_a_3_2_image_3_2(wide, tmp_path, tiny_sd1_folder, monkey
 
 def test_very_elongated_images_are_refused_unless_cropped(tmp_path, tiny_sd1_folder, capsys):
     strip = tmp_path / "strip.png"
-    Image.new("RGB", (200, 40), (10, 200, 30)).save(strip)
+    Image.new("RGB", (340, 20), (10, 200, 30)).save(strip)  # 17:1
     base = ["invert", str(strip), "--model", str(tiny_sd1_folder), "--steps", "2", "--kind", "ddim", "--no-cache"]
     assert main(base + ["-o", str(tmp_path / "a.safetensors")]) == 2
-    assert "more elongated than 4:1" in capsys.readouterr().err
+    assert "over the limit of 16:1" in capsys.readouterr().err
     assert main(base + ["-o", str(tmp_path / "b.safetensors"), "--crop"]) == 0

@@ -6,13 +6,24 @@ diffusers are imported inside ``run``.
 
 from __future__ import annotations
 
-from argparse import BooleanOptionalAction
-
 import argparse
+from argparse import BooleanOptionalAction
 from typing import Any, Callable
+
+from .. import validation as V
+from ..validation import fraction_pair, int_pair  # noqa: F401  (START,END options of several commands)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"styleforge: error: {where}{message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -40,10 +51,10 @@ def add_common_args(
 
 def add_size_args(group, side: str = "shorter") -> None:
     """--size and --crop: the aspect ratio is kept unless --crop asks for the centre square."""
-    group.add_argument("--size", type=int, default=None,
+    group.add_argument("--size", type=V.side, default=None,
                        help=f"{side} side of the working size, aspect ratio kept (default: the model's resolution, 512 "
                             "for SD 1.5); with --crop the square's side")
-    group.add_argument("--crop", action=argparse.BooleanOptionalAction, default=False,
+    group.add_argument("--crop", action=BooleanOptionalAction, default=False,
                        help="centre-crop to a square (the old behaviour) instead of keeping the aspect ratio")
 
 
@@ -79,23 +90,6 @@ def dataclass_defaults(cls) -> argparse.Namespace:
         elif f.default_factory is not dataclasses.MISSING:
             values[f.name] = f.default_factory()
     return argparse.Namespace(**values)
-
-
-def pair_of(cast, what: str):
-    """An argparse type for ``"A,B"`` -> (cast(A), cast(B)), e.g. an iteration window ``"10,90"``."""
-
-    def parse(value: str):
-        try:
-            a, b = (cast(x) for x in value.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected two {what} as START,END, got {value!r}") from None
-        return a, b
-
-    return parse
-
-
-int_pair = pair_of(int, "integers")
-fraction_pair = pair_of(float, "fractions")
 
 
 def load_pipeline(cls, args):

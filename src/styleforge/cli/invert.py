@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from argparse import BooleanOptionalAction
-
+from .. import validation as V
 from .common import add_common_args, add_size_args, add_subcommand
 
 
@@ -17,9 +17,9 @@ def register(sub) -> None:
     p.add_argument("--prompt", default="", help="prompt used for inversion")
     p.add_argument("--negative-prompt", default="", help="unconditional prompt for guidance")
     p.add_argument("--kind", choices=("edit_friendly", "ddim"), default="edit_friendly", help="inversion kind")
-    p.add_argument("--steps", "--num-inference-steps", dest="num_inference_steps", type=int, default=50, help="grid size K")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance during inversion")
-    p.add_argument("--eta", type=float, default=1.0, help="edit-friendly DDPM eta")
+    p.add_argument("--steps", "--num-inference-steps", dest="num_inference_steps", type=V.steps, default=50, help="grid size K")
+    p.add_argument("--guidance-scale", type=V.finite, default=1.0, help="classifier-free guidance during inversion")
+    p.add_argument("--eta", type=V.non_negative, default=1.0, help="edit-friendly DDPM eta")
     p.add_argument("--keep-last-noise", action=BooleanOptionalAction, default=False, help="keep the last noise map (exact reconstruction) instead of zeroing it as the official code does")
     add_size_args(p)
     p.add_argument("--reconstruction", default=None, help="also write the reconstruction to this PNG")

@@ -123,6 +123,18 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         (appearance fit, then structure fit). An empty mask falls back to full AdaIN (``mask_fallback="full"``);
         ``mask_fallback=None`` keeps the official NaN (a black image).
         """
+        from .. import validation as V
+
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), skip_steps=(skip_steps, V.non_negative_int),
+                    swap_range_full=(swap_range_full, V.int_pair), swap_range_half=(swap_range_half, V.int_pair),
+                    adain_range=(adain_range, V.int_pair), guidance_range=(guidance_range, V.int_pair),
+                    contrast_strength=(contrast_strength, V.positive), swap_guidance_scale=(swap_guidance_scale, V.finite),
+                    structure_injection_period=(structure_injection_period, V.count),
+                    structure_injection_limit=(structure_injection_limit, V.non_negative_int),
+                    inversion_guidance_scale=(inversion_guidance_scale, V.finite), num_segments=(num_segments, V.count),
+                    size=(size, V.optional_size), attention_chunk_size=(attention_chunk_size, V.optional_count))
+        for name, value in vars(freeu_config).items():
+            V.finite.check(value, f"freeu_config.{name}")
         prompt, object_noun = self._prompt_and_noun(domain, prompt, object_noun, adain, structure_mask, appearance_mask)
         K, S = num_inference_steps, skip_steps
         if not 0 <= S < K:
@@ -155,7 +167,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
                 generator = torch.Generator("cuda" if device.type == "cuda" else "cpu")
                 generator.manual_seed(seed if seed is not None else torch.seed())
             inv_settings = dict(prompt=prompt, negative_prompt="", guidance_scale=float(inversion_guidance_scale),
-                                model_id=self.model_id,
+                                model_id=self.model_id, family=self.family,
                                 weights=self.weights_fingerprint if inversion_cache is not None else "",
                                 extra={"freeu": freeu, "freeu_config": dataclasses.asdict(freeu_config),
                                        "dtype": str(self.unet.dtype), "zero_last_noise": True,
@@ -274,6 +286,9 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
     def _invert(self, role, pixels, given, position, K, eps_fn, generator, cache, seed, settings) -> Inversion:
         shape = (4, pixels.shape[-2] // self.vae_scale_factor, pixels.shape[-1] // self.vae_scale_factor)
         if given is not None:
+            if given.family and given.family != self.family:
+                raise InputError(f"the {role} inversion was made with an {given.family.upper()} model; this model is "
+                                 f"{self.family.upper()} (invert the image again with this model)")
             if given.kind != EDIT_FRIENDLY or given.noise is None or len(given.timesteps) != K:
                 raise InputError(f"the {role} inversion must be edit-friendly with {K} steps")
             if tuple(given.latents.shape[1:]) != (self.unet.config.in_channels,) + shape[1:]:

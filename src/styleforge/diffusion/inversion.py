@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError
+from ..errors import InputError, StyleforgeError, os_error_message
 from ..io import atomic_write
 from .sampling import EpsFn, alpha_bar, alpha_pair, ddim_step, ddpm_mean, ddpm_variance, step_ratio
 
@@ -44,6 +45,7 @@ class Inversion:
     weights: str = ""  # fingerprint of the weights that produced it (styleforge.cache)
     image_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # method settings that changed the UNet (FreeU, ...)
+    family: str = ""  # "sd1" / "sdxl" of the model that made it ("" in files of older versions)
 
     @property
     def x0(self) -> torch.Tensor:
@@ -78,14 +80,26 @@ class Inversion:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"inversion file not found: {path}")
+        damaged = f"{path} is damaged or not a styleforge inversion file"
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
             tensors = load_file(str(path))
             settings = json.loads(meta["styleforge_inversion"])
-        except Exception as e:
-            raise InputError(f"not a styleforge inversion file: {path} ({type(e).__name__})") from None
-        return cls(latents=tensors["latents"], timesteps=tensors["timesteps"], noise=tensors.get("noise"), **settings)
+        except Exception:
+            raise InputError(f"{damaged} (write one with `styleforge invert`)") from None
+        names = {f.name for f in dataclasses.fields(cls)} - {"latents", "timesteps", "noise"}
+        if not isinstance(settings, dict) or set(settings) - names:
+            raise InputError(f"{damaged} (unknown settings: {', '.join(sorted(set(settings) - names)) or 'none'})")
+        latents, timesteps, noise = tensors.get("latents"), tensors.get("timesteps"), tensors.get("noise")
+        if latents is None or timesteps is None:
+            raise InputError(f"{damaged} (it holds no latents or timesteps)")
+        K = len(timesteps)
+        if (latents.ndim != 4 or timesteps.ndim != 1 or len(latents) != K + 1
+                or (noise is not None and tuple(noise.shape) != (K,) + tuple(latents.shape[1:]))
+                or settings.get("kind") not in (DDIM, EDIT_FRIENDLY) or not torch.isfinite(latents).all()):
+            raise InputError(f"{damaged} (its tensors do not fit together)")
+        return cls(latents=latents, timesteps=timesteps, noise=noise, **settings)
 
 
 def image_hash(image_tensor: torch.Tensor) -> str:
@@ -205,25 +219,28 @@ class InversionCache:
         if not fields.get("weights"):  # without the weights' fingerprint an entry could be another model's
             return None
         p = self.path(**fields)
-        if not p.exists():
-            return None
         try:
+            if not p.is_file():
+                return None
             inversion = Inversion.load(p)
         except InputError:  # a damaged entry is recomputed, not trusted
+            return None
+        except OSError as e:
+            self._unusable(e)
             return None
         self._folder.touch(p)
         return inversion
 
     def put(self, inversion: Inversion) -> Path | None:
-        """Store ``inversion`` and evict down to the cap; None when it could not be kept (cap, read-only disk)."""
-        from ..errors import OutputError
-
+        """Store ``inversion`` and evict down to the cap; None when it was not kept (no weights fingerprint, the
+        cap). A cache that cannot be written is an optimisation lost, not a failure (warned once)."""
         if not inversion.weights:
             return None
         p = self.path(**{k: getattr(inversion, k) for k in self.KEY_FIELDS})
         try:
             inversion.save(p)
-        except (OSError, OutputError):  # a read-only or full cache must not stop the method
+        except (OSError, StyleforgeError) as e:
+            self._unusable(e)
             return None
         self._folder.evict()
         return p if p.exists() else None
@@ -233,3 +250,12 @@ class InversionCache:
 
     def clear(self):
         return self._folder.clear()
+
+    _warned: set = set()
+
+    def _unusable(self, error: Exception) -> None:
+        if str(self.root) not in InversionCache._warned:
+            InversionCache._warned.add(str(self.root))
+            reason = os_error_message(error) if isinstance(error, OSError) else str(error)
+            warnings.warn(f"the inversion cache {self.root} cannot be used ({reason}); going on without it "
+                          "(set STYLEFORGE_CACHE to a writable folder, or pass --no-cache)", stacklevel=3)

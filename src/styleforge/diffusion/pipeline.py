@@ -22,8 +22,6 @@ from ..runtime import resolve_device, resolve_dtype
 from .prompts import Conditioning, PromptEncoder
 
 SD1, SDXL = "sd1", "sdxl"
-#: images more elongated than this are refused with aspect-kept sizing (a 512 px short side would make a huge strip)
-MAX_ASPECT = 4
 
 
 class StyleforgePipeline(DiffusionPipeline):
@@ -57,7 +55,8 @@ class StyleforgePipeline(DiffusionPipeline):
         except ModelNotFoundError:
             raise
         except Exception as e:  # missing component files, bad configs, unloadable weights
-            raise ModelNotFoundError(f"could not load model {model!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+            first_line = (str(e).strip().splitlines() or ["its files cannot be read"])[0][:200]
+            raise ModelNotFoundError(f"could not load model {model!r} (damaged or incomplete folder?): {first_line}") from None
         pipe.register_to_config(_name_or_path=model)
         pipe._weights_folder = str(folder)
         if device is not None:
@@ -141,9 +140,6 @@ class StyleforgePipeline(DiffusionPipeline):
             raise InputError(f"the working size must be positive multiples of {m} for this model, got {w}x{h}")
         if isinstance(size, (tuple, list)) or crop:
             return w, h
-        if max(image_size) > MAX_ASPECT * min(image_size):  # the working size would be a huge strip
-            raise InputError(f"the image is {image_size[0]}x{image_size[1]}, more elongated than {MAX_ASPECT}:1; "
-                             "pass --crop (crop=True) or crop it first")
         return aspect_size(image_size, w, m, fit=self.working_side)
 
     def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
@@ -151,8 +147,11 @@ class StyleforgePipeline(DiffusionPipeline):
         """Load and resize to :meth:`working_size` (the image's aspect ratio kept unless ``crop`` or a (w, h)
         ``size`` asks for another: then the centre is cropped, with a warning ending in ``why``); (1, 3, H, W)
         in [-1, 1]. ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
+        from ..validation import check_working_size
+
         img = load_image(image, name=name)
         target = self.working_size(img.size, size, crop=crop)
+        check_working_size(*target, f"the {name}'s working size")
         if crop_loss(img.size, target) > 0.01:  # more than the rounding of the sides to the size multiple
             warnings.warn(f"the {name} ({img.size[0]}x{img.size[1]}) is centre-cropped to the aspect ratio of "
                           f"{target[0]}x{target[1]}{why}", stacklevel=2)
@@ -242,15 +241,19 @@ class InversionPipeline(StyleforgePipeline):
         from .inversion import DDIM, EDIT_FRIENDLY, NOISE_DRAWS, ddim_invert, edit_friendly_invert, image_hash
         from .sampling import ddim_sample, edit_friendly_sample, noise_predictor
 
+        from .. import validation as V
+
         if kind not in (DDIM, EDIT_FRIENDLY):
             raise InputError(f"kind must be {DDIM!r} or {EDIT_FRIENDLY!r}, got {kind!r}")
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), guidance_scale=(guidance_scale, V.finite),
+                    eta=(eta, V.non_negative), size=(size, V.optional_size))
         pixels = self.preprocess(image, size)
         h, w = pixels.shape[-2:]
         cond = self.encode_prompt(prompt, height=h, width=w)
         uncond = self.encode_prompt(negative_prompt, negative=True, height=h, width=w) if guidance_scale != 1.0 else None
         eps_fn = noise_predictor(self.unet, cond, uncond=uncond, guidance_scale=guidance_scale)
         settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
-                        seed=seed, model_id=self.model_id, image_hash=image_hash(pixels),
+                        seed=seed, model_id=self.model_id, family=self.family, image_hash=image_hash(pixels),
                         weights=self.weights_fingerprint if cache is not None else "",
                         extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise, "noise_draws": NOISE_DRAWS}
                                                                   if kind == EDIT_FRIENDLY else {}))

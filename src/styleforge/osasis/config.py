@@ -65,9 +65,18 @@ class TrainConfig:
 
         if self.spn_time_input not in SPN_TIME_INPUTS:
             raise InputError(f"SPN time input must be one of {SPN_TIME_INPUTS}, got {self.spn_time_input!r}")
-        for name in ("iterations", "batch_size", "latent_steps", "content_steps"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from .. import validation as V
+
+        for name in ("iterations", "batch_size", "latent_steps", "content_steps", "encode_steps", "decode_steps"):
+            V.count.check(getattr(self, name), name)
+        for name in ("lr", "spn_lr"):
+            V.positive.check(getattr(self, name), name)
+        for name in ("spn_weight", "style_spn_weight", *(f"weights.{k}" for k in vars(self.weights))):
+            value = getattr(self.weights, name[8:]) if name.startswith("weights.") else getattr(self, name)
+            V.non_negative.check(value, name)
+        for name in ("checkpoint_every", "sample_every", "keep_checkpoints"):
+            V.non_negative_int.check(getattr(self, name), name)
+        V.open_fraction.check(self.t0_ratio, "t0_ratio")
         if self.autocast not in (None, "bf16", "fp16"):
             raise InputError(f"autocast must be bf16, fp16 or off, got {self.autocast!r}")
         self.timestep_plan()  # validates the plan now, not after the models are loaded

@@ -162,8 +162,15 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         _check_choice("reference_mode", reference_mode, REFERENCE_MODES)
         _check_choice("output_type", output_type, OUTPUT_TYPES)
         _check_choice("cut_layers", cut_layers, tuple(CUT_LAYER_SETS))
-        if num_inference_steps < 1:
-            raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        from .. import validation as V
+
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), edit_multiplier=(edit_multiplier, V.finite),
+                    cfg_scale=(cfg_scale, V.finite), guided_step_range=(guided_step_range, V.fraction_pair),
+                    cut_num_patches=(cut_num_patches, V.count), cut_tau=(cut_tau, V.positive),
+                    reg_steps=(reg_steps, V.non_negative_int), reg_rolls=(reg_rolls, V.non_negative_int),
+                    num_sentences=(num_sentences, V.count))
+        for p in cut_patch_sizes:
+            V.count.check(p, "cut_patch_sizes")
         for name, value in (("guidance_lr", guidance_lr), ("lambda_xa", lambda_xa), ("lambda_cut", lambda_cut),
                             ("reg_lambda_ac", reg_lambda_ac), ("reg_lambda_kl", reg_lambda_kl)):
             if not (math.isfinite(value) and value >= 0):
