@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from styleforge.cli.main import main
-from styleforge.io import aspect_size, crop_loss
+from styleforge.io import aspect_size, crop_pixels
 
 
 @pytest.fixture
@@ -16,12 +16,12 @@ def wide(tmp_path):
     return path
 
 
-def test_aspect_size_and_crop_loss():
+def test_aspect_size_and_crop_pixels():
     assert aspect_size((900, 600), 512, 64) == (768, 512)
     assert aspect_size((900, 600), 512, 64, fit="long") == (512, 320)
     assert aspect_size((10, 1000), 512, 64) == (512, 51200) and aspect_size((1000, 10), 64, 64, fit="long") == (64, 64)
     assert aspect_size((1600, 900), 512, 64) == (896, 512) and aspect_size((1600, 900), 512, 64, fit="long") == (512, 256)
-    assert crop_loss((900, 600), (768, 512)) == 0 and crop_loss((900, 600), (512, 512)) == pytest.approx(1 / 3)
+    assert crop_pixels((900, 600), (768, 512)) == 0 and crop_pixels((900, 600), (512, 512)) == pytest.approx(256)
 
 
 def test_invert_keeps_a_3_2_image_3_2_and_crop_asks_for_the_square(wide, tmp_path, tiny_sd1_folder, capsys):

@@ -171,11 +171,11 @@ def aspect_size(image_size: tuple[int, int], side: int, multiple: int, *, fit: s
     return tuple(max(multiple, int(rounding(x * scale / multiple)) * multiple) for x in (w, h))
 
 
-def crop_loss(image_size: tuple[int, int], target: tuple[int, int]) -> float:
-    """The fraction of the image a centre crop to ``target``'s aspect ratio cuts away (0: none)."""
+def crop_pixels(image_size: tuple[int, int], target: tuple[int, int]) -> float:
+    """How many pixels (at the target's scale) a centre crop to ``target``'s aspect ratio cuts away (0: none)."""
     (w, h), (tw, th) = image_size, target
-    a, ta = w / h, tw / th
-    return 1 - min(a, ta) / max(a, ta)
+    scale = max(tw / w, th / h)
+    return max(w * scale - tw, h * scale - th)
 
 
 def pil_to_tensor(img: Image.Image | Sequence[Image.Image]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
-from ..io import ImageLike, aspect_size, center_crop_resize, crop_loss, load_image, pil_to_tensor, tensor_to_pil
+from ..io import ImageLike, aspect_size, center_crop_resize, crop_pixels, load_image, pil_to_tensor, tensor_to_pil
 from ..loading import DEFAULT_SD1_MODEL, DEFAULT_SDXL_MODEL, resolve_model_folder  # noqa: F401 (re-exported)
 from ..runtime import resolve_device, resolve_dtype
 from .prompts import Conditioning, PromptEncoder
@@ -144,17 +144,19 @@ class StyleforgePipeline(DiffusionPipeline):
 
     def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
                    crop: bool = False, why: str = "", resample: int = Image.BICUBIC) -> torch.Tensor:
-        """Load and resize to :meth:`working_size` (the image's aspect ratio kept unless ``crop`` or a (w, h)
-        ``size`` asks for another: then the centre is cropped, with a warning ending in ``why``); (1, 3, H, W)
-        in [-1, 1]. ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
+        """Load and resize to :meth:`working_size`; (1, 3, H, W) in [-1, 1]. A target whose aspect ratio differs
+        from the image's by less than the rounding of its sides (``size_multiple``) is reached by resizing alone;
+        otherwise (``crop``, a (w, h) ``size`` of another shape) the centre is cropped, with a warning ending in
+        ``why``. ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
         from ..validation import check_working_size
 
         img = load_image(image, name=name)
         target = self.working_size(img.size, size, crop=crop)
         check_working_size(*target, f"the {name}'s working size")
-        if crop_loss(img.size, target) > 0.01:  # more than the rounding of the sides to the size multiple
-            warnings.warn(f"the {name} ({img.size[0]}x{img.size[1]}) is centre-cropped to the aspect ratio of "
-                          f"{target[0]}x{target[1]}{why}", stacklevel=2)
+        if crop_pixels(img.size, target) < self.size_multiple:  # only the rounding of the sides: no crop
+            return pil_to_tensor(img.resize(target, resample) if img.size != target else img)
+        warnings.warn(f"the {name} ({img.size[0]}x{img.size[1]}) is centre-cropped to the aspect ratio of "
+                      f"{target[0]}x{target[1]}{why}", stacklevel=2)
         return pil_to_tensor(center_crop_resize(img, target, resample))
 
     def _vae_dtype(self) -> torch.dtype:
