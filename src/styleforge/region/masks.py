@@ -129,6 +129,26 @@ def feather_mask(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
+def feather_inside(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Soften a binary (N,1,H,W) mask's edge inward over about 3·sigma px: 0 on and outside its border, exactly.
+
+    The mask is eroded by the Gaussian's reach before it is blurred, so the ramp stays inside the mask (a paste-back
+    weight that leaves every outside pixel untouched). Wide blurs are computed on a grid ``sigma // 2`` times
+    coarser and upsampled bilinearly: the ramp is smooth, and the cost stays linear in the pixels.
+    """
+    if sigma <= 0:
+        return mask
+    step = max(1, int(sigma // 2))
+    size = tuple(mask.shape[-2:])
+    small = mask if step == 1 else F.interpolate(mask, size=(-(-size[0] // step), -(-size[1] // step)), mode="area")
+    sigma_small = sigma / step
+    reach = max(1, int(math.ceil(3 * sigma_small)))  # feather_mask's kernel radius
+    ramp = feather_mask(1 - dilate_mask(1 - small, reach), sigma_small)
+    if step > 1:
+        ramp = F.interpolate(ramp, size=size, mode="bilinear", align_corners=False)
+    return ramp * mask
+
+
 def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Grow a (N,1,H,W) mask by ``radius`` pixels (a square max filter); 0 returns it unchanged."""
     if radius <= 0:
