@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..errors import InputError, ModelNotFoundError
-from .lift import DEFAULT_EPS, DEFAULT_RADIUS, check_lift_settings
+from .lift import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, check_lift_settings
 from .masks import broadcast_mask, dilate_mask, feather_inside, feather_mask, resample_mask
 from .model import RegionEncoder, RegionGenerator
 
@@ -358,6 +358,7 @@ class RegionStylizer:
         lift_radius: int = DEFAULT_RADIUS,
         lift_eps: float = DEFAULT_EPS,
         lift_prior: str = "global",
+        lift_sigma: float = DEFAULT_SIGMA,
     ):
         """Stylize ``content``. ``style``/``mask`` may be single items or equal-length lists of (style, mask)
         pairs applied in order; no mask means global transfer.
@@ -370,7 +371,7 @@ class RegionStylizer:
         working-size result as the model gives it. Returns an RGB PIL image."""
         from ..io import load_image, tensor_to_pil
 
-        settings = lift_settings(output_size, detail, lift_radius, lift_eps, lift_prior)
+        settings = lift_settings(output_size, detail, lift_radius, lift_eps, lift_prior, lift_sigma)
         pairs = self._styles_and_masks(style, mask)
         margin = check_paste_margin(self.encoder, paste_margin)
         region_kwargs = dict(composition=composition, mask_resample=mask_resample, feather=feather)
@@ -394,7 +395,7 @@ class RegionStylizer:
         width, height = full.size
         w, h = working
         detail = settings["detail"]
-        lift_kwargs = {k: settings[k] for k in ("radius", "eps", "prior")}
+        lift_kwargs = {k: settings[k] for k in ("radius", "eps", "prior", "sigma")}
         for style_t, mask in edits:
             work = Image.fromarray(current)
             x = self._to_tensor(work.resize((w, h), resample=3) if work.size != (w, h) else work)
@@ -411,7 +412,8 @@ class RegionStylizer:
 
     def interpolate(self, source, target, alphas: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), what: str = "style",
                     size: int | None = None, output_size: str = "native", detail: str = "guided",
-                    lift_radius: int = DEFAULT_RADIUS, lift_eps: float = DEFAULT_EPS, lift_prior: str = "global"):
+                    lift_radius: int = DEFAULT_RADIUS, lift_eps: float = DEFAULT_EPS, lift_prior: str = "global",
+                    lift_sigma: float = DEFAULT_SIGMA):
         """Images along the content or style interpolation from ``source`` to ``target`` (list of PIL).
 
         With ``output_size="native"`` the frames have the source's size: style-interpolation frames are lifted
@@ -423,7 +425,7 @@ class RegionStylizer:
 
         from ..io import center_crop_resize, load_image, tensor_to_pil
 
-        settings = lift_settings(output_size, detail, lift_radius, lift_eps, lift_prior)
+        settings = lift_settings(output_size, detail, lift_radius, lift_eps, lift_prior, lift_sigma)
         full = load_image(source, name="source image")
         w, h = self.working_size(*full.size, size=size)
         src = full.resize((w, h), resample=3) if full.size != (w, h) else full
@@ -434,17 +436,17 @@ class RegionStylizer:
         if output_size == "working":
             return tensor_to_pil(out)
         detail = settings["detail"] if what == "style" else "none"
-        lift_kwargs = {k: settings[k] for k in ("radius", "eps", "prior")}
+        lift_kwargs = {k: settings[k] for k in ("radius", "eps", "prior", "sigma")}
         image = np.array(full)
         return [Image.fromarray(self._lift(x, frame[None], image, detail, lift_kwargs)) for frame in out]
 
 
 def lift_settings(output_size: str = "native", detail: str = "guided", radius: int = DEFAULT_RADIUS,
-                  eps: float = DEFAULT_EPS, prior: str = "global") -> dict:
+                  eps: float = DEFAULT_EPS, prior: str = "global", sigma: float = DEFAULT_SIGMA) -> dict:
     """The checked output-size and lift settings, as recorded in an output's metadata."""
     if output_size not in OUTPUT_SIZES:
         raise InputError(f"output size must be one of {', '.join(OUTPUT_SIZES)}, got {output_size!r}")
     if detail not in DETAIL_MODES:
         raise InputError(f"detail must be one of {', '.join(DETAIL_MODES)}, got {detail!r}")
-    radius, eps = check_lift_settings(radius, eps, prior)
-    return {"output_size": output_size, "detail": detail, "radius": radius, "eps": eps, "prior": prior}
+    radius, eps, sigma = check_lift_settings(radius, eps, prior, sigma)
+    return {"output_size": output_size, "detail": detail, "radius": radius, "eps": eps, "prior": prior, "sigma": sigma}

@@ -119,14 +119,22 @@ def feather_mask(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian feathering of a (N,1,H,W) mask; sigma in pixels; 0 returns the mask unchanged."""
     if sigma <= 0:
         return mask
+    return gaussian_blur(mask, sigma).clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N,C,H,W), kernel radius ceil(3·sigma), edges replicated; 0 returns x."""
+    if sigma <= 0:
+        return x
     radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=mask.dtype, device=mask.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
-    padded = F.pad(mask, [radius] * 4, mode="replicate")
-    out = F.conv2d(padded, k.view(1, 1, 1, -1))
+    n, c, h, w = x.shape
+    out = F.pad(x.reshape(n * c, 1, h, w), [radius] * 4, mode="replicate")
+    out = F.conv2d(out, k.view(1, 1, 1, -1))
     out = F.conv2d(out, k.view(1, 1, -1, 1))
-    return out.clamp(0, 1)
+    return out.reshape(n, c, h, w)
 
 
 def feather_inside(mask: torch.Tensor, sigma: float) -> torch.Tensor:
