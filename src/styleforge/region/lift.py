@@ -126,7 +126,7 @@ def paste(base: np.ndarray, edited: torch.Tensor, weight: torch.Tensor | None) -
     where weight is 0 the base pixel is kept exactly (b + 0·(e-b) = b, an integer)."""
     out = edited.float()
     if weight is not None:
-        b = torch.from_numpy(base).float()
+        b = torch.tensor(base).float()
         out = (out - b).mul_(weight[..., None].float()).add_(b)
     return out.clamp_(0, 255).round_().to(torch.uint8).numpy()
 
@@ -169,7 +169,7 @@ def apply_coefficients(coefficients: torch.Tensor, image: np.ndarray, weight: to
         upper = torch.index_select(coef, 1, y_hi[y0:y1])
         band.add_(upper.sub_(band).mul_(y_t[y0:y1, None]))
         del upper
-        pixels = torch.from_numpy(image[y0:y1, left:right]).permute(2, 0, 1).float().div_(255)  # (3, rows, cols)
+        pixels = torch.tensor(image[y0:y1, left:right]).permute(2, 0, 1).float().div_(255)  # (3, rows, cols)
         q = torch.empty(3, rows, cols)
         for c in range(3):  # q_c = Σ_j Ā_cj I_j + b̄_c, in place to keep the band's memory small
             torch.mul(band[3 * c], pixels[0], out=q[c])
@@ -190,7 +190,7 @@ def paste_image(base: np.ndarray, edited: np.ndarray, weight: torch.Tensor | Non
     top, bottom, left, right = box
     for y0, y1 in _rows(top, bottom, right - left, tile_pixels):
         region = weight[y0:y1, left:right] if weight is not None else None
-        out[y0:y1, left:right] = paste(base[y0:y1, left:right], torch.from_numpy(edited[y0:y1, left:right]), region)
+        out[y0:y1, left:right] = paste(base[y0:y1, left:right], torch.tensor(edited[y0:y1, left:right]), region)
     return out
 
 
