@@ -9,7 +9,7 @@ import sys
 from .common import add_common_args, add_subcommand, str2bool
 
 PRESETS = ("test", "cpu64", "gpu128", "ref256")
-STRIP_MIN_HEIGHT = 512
+STRIP_MIN_HEIGHT, STRIP_MAX_HEIGHT = 512, 768
 
 
 def _fraction_pair(value: str) -> tuple[float, float]:
@@ -222,8 +222,8 @@ def run_apply(args) -> int:
             if args.mask:
                 panels.append(load_image(args.mask[i], name="mask"))
         panels.append(result)
-        # panels at least 512 px tall so the result can be judged, at most 1024 to keep the strip a viewable file
-        strip = make_strip(panels, height=max(STRIP_MIN_HEIGHT, min(result.height, 2 * STRIP_MIN_HEIGHT)))
+        # panels at least 512 px tall so the result can be judged, at most 768 to keep the strip a viewable file
+        strip = make_strip(panels, height=max(STRIP_MIN_HEIGHT, min(result.height, STRIP_MAX_HEIGHT)))
         save_image(strip, strip_path, metadata=metadata, overwrite=args.overwrite, inputs=inputs)
         print(f"wrote {strip_path}")
     return 0
