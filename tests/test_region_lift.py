@@ -9,7 +9,7 @@ from styleforge.cli.main import main
 from styleforge.errors import InputError
 from styleforge.io import load_image, read_metadata
 from styleforge.region import inference as inf
-from styleforge.region.lift import apply_coefficients, fit_coefficients, lift, paste_image
+from styleforge.region.lift import DEFAULT_SIGMA, apply_coefficients, fit_coefficients, lift, paste_image
 from styleforge.region.masks import feather_inside
 from styleforge.region.model import build_models
 from styleforge.region.presets import get_preset
@@ -168,7 +168,7 @@ def test_cli_writes_the_content_size_and_records_the_lift(stylizer, tmp_path):
     assert Image.open(tmp_path / "out.strip.png").height == 512
     meta = read_metadata(out)
     assert meta["output_size"] == "native" and meta["detail"] == "guided" and meta["paste_back"] is True
-    assert meta["lift"] == {"radius": 1, "eps": 0.05, "prior": "global", "sigma": 2.0}
+    assert meta["lift"] == {"radius": 1, "eps": 0.05, "prior": "global", "sigma": DEFAULT_SIGMA}
     content = np.asarray(load_image(tmp_path / "photo.png"))
     outside = stylizer.paste_weight(tmp_path / "mask.png", 87, 53).numpy() == 0
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB"))[outside], content[outside])

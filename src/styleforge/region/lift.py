@@ -40,9 +40,9 @@ from ..errors import InputError
 from .masks import gaussian_blur
 
 PRIORS = ("global", "zero")
-DEFAULT_RADIUS = 2
+DEFAULT_RADIUS = 1
 DEFAULT_EPS = 1e-2
-DEFAULT_SIGMA = 2.0
+DEFAULT_SIGMA = 6.0
 DEFAULT_TILE_PIXELS = 1 << 20  # full-resolution pixels per band: 12 float32 coefficient planes = 48 MiB
 
 
