@@ -7,9 +7,21 @@ diffusers are imported inside ``run``.
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
+
+from ..validation import fraction_pair, int_pair  # noqa: F401  (START,END options of several commands)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"styleforge: error: {where}{message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -48,23 +60,48 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
-def pair_of(cast, what: str):
-    """An argparse type for ``"A,B"`` -> (cast(A), cast(B)), e.g. an iteration window ``"10,90"``."""
-
-    def parse(value: str):
-        try:
-            a, b = (cast(x) for x in value.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected two {what} as START,END, got {value!r}") from None
-        return a, b
-
-    return parse
-
-
-int_pair = pair_of(int, "integers")
-fraction_pair = pair_of(float, "fractions")
 
 
 def load_pipeline(cls, args):
     """``cls.from_pretrained`` from the common flags (--model --dtype --device --offline)."""
-    return cls.from_pretrained(args.model, torch_dtype=args.dtype, device=args.device, offline=args.offline or None)
+    key = (cls.__qualname__, args.model, args.dtype, args.device, bool(args.offline))
+    return cached_model(key, lambda: cls.from_pretrained(args.model, torch_dtype=args.dtype, device=args.device,
+                                                         offline=args.offline or None))
+
+
+# Models kept loaded between commands run in one process (the batch runner and the web page turn this on; a
+# command-line call runs one command, so it loads its model once anyway).
+_MODELS: dict[tuple, Any] = {}
+_KEEP = {"on": False}
+
+
+def keep_models(on: bool = True) -> None:
+    """Keep every model a command loads, keyed by what it was loaded from, for the next command in this process."""
+    _KEEP["on"] = on
+    if not on:
+        unload_models()
+
+
+def cached_model(key: tuple, load: Callable[[], Any]) -> Any:
+    """``load()``, or the object an earlier command loaded under ``key`` while :func:`keep_models` is on."""
+    if not _KEEP["on"]:
+        return load()
+    if key not in _MODELS:
+        _MODELS[key] = load()
+    return _MODELS[key]
+
+
+def loaded_models() -> list[tuple]:
+    return list(_MODELS)
+
+
+def unload_models() -> None:
+    """Drop every kept model (and free the GPU memory they held)."""
+    _MODELS.clear()
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
