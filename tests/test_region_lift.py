@@ -9,7 +9,8 @@ from styleforge.cli.main import main
 from styleforge.errors import InputError
 from styleforge.io import load_image, read_metadata
 from styleforge.region import inference as inf
-from styleforge.region.lift import DEFAULT_SIGMA, apply_coefficients, fit_coefficients, lift, paste_image
+from styleforge.region.lift import apply_coefficients, fit_coefficients, lift, paste_image
+from styleforge.region.lift_settings import DEFAULT_SIGMA
 from styleforge.region.masks import feather_inside
 from styleforge.region.model import build_models
 from styleforge.region.presets import get_preset

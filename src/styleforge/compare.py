@@ -96,7 +96,7 @@ def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, 
     ``lift_prior``, ``working_size`` (the model's working resolution) and ``paste_back`` change that."""
     from .io import save_image
     from .region.inference import RegionStylizer, lift_settings
-    from .region.lift import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA
+    from .region.lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA
 
     key = (str(options.get("model")), str(options.get("device", "auto")), str(options.get("dtype", "fp32")))
     if key not in _REGION_CACHE:

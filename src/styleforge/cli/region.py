@@ -73,7 +73,7 @@ def _register_interpolate(sub) -> None:
 
 
 def _add_lift_args(p) -> None:
-    from ..region.lift import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, PRIORS
+    from ..region.lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, MAX_RADIUS, MAX_SIGMA, PRIORS
 
     g = p.add_argument_group("output size and detail (the model works at a small size; see styleforge.region.lift)")
     g.add_argument("--output-size", choices=("native", "working"), default="native",
@@ -82,12 +82,12 @@ def _add_lift_args(p) -> None:
     g.add_argument("--detail", choices=("guided", "none"), default="guided",
                    help="guided: carry the edit onto the full-resolution photo with a local affine colour model (guided "
                         "filter), keeping its detail; none: upsample the working-size result")
-    g.add_argument("--lift-radius", type=V.Number(int, 0, 64), default=DEFAULT_RADIUS, metavar="PX",
+    g.add_argument("--lift-radius", type=V.Number(int, 0, MAX_RADIUS), default=DEFAULT_RADIUS, metavar="PX",
                    help="guided lift: box window radius in working-size pixels")
     g.add_argument("--lift-eps", type=V.positive, default=DEFAULT_EPS,
                    help="guided lift: regulariser epsilon, colours in [0, 1] (larger = closer to one colour matrix for the "
                         "whole region)")
-    g.add_argument("--lift-sigma", type=V.Number(float, 0, 100), default=DEFAULT_SIGMA, metavar="PX",
+    g.add_argument("--lift-sigma", type=V.Number(float, 0, MAX_SIGMA), default=DEFAULT_SIGMA, metavar="PX",
                    help="guided lift: Gaussian blur (working-size px) of content and result before the fit, the band the "
                         "model reproduces (0 = fit the raw pair, as the guided filter paper)")
     g.add_argument("--lift-prior", choices=PRIORS, default="global",
@@ -237,8 +237,11 @@ def run_interpolate(args) -> int:
     stylizer = _stylizer(args)
     alphas = [i / (args.steps - 1) for i in range(args.steps)]
     modes = ("content", "style", "both") if args.mode == "all" else (args.mode,)
-    rows = [make_strip(stylizer.interpolate(args.source, args.target, alphas, what=m, size=args.size, **_lift_kwargs(args)))
-            for m in modes]
+    rows = []
+    for m in modes:
+        frames = stylizer.interpolate(args.source, args.target, alphas, what=m, size=args.size, **_lift_kwargs(args))
+        # the grid is an overview: rows at most 1024 px tall even when the frames have a large photo's size
+        rows.append(make_strip(frames, height=min(frames[0].height, 2 * STRIP_MIN_HEIGHT)))
     grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
     y = 0
     for row in rows:

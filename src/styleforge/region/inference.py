@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..errors import InputError, ModelNotFoundError
-from .lift import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, check_lift_settings
+from .lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, check_lift_settings
 from .masks import broadcast_mask, dilate_mask, feather_inside, feather_mask, resample_mask
 from .model import RegionEncoder, RegionGenerator
 

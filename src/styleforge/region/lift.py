@@ -37,12 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, check_lift_settings
 from .masks import gaussian_blur
 
-PRIORS = ("global", "zero")
-DEFAULT_RADIUS = 1
-DEFAULT_EPS = 1e-2
-DEFAULT_SIGMA = 6.0
 DEFAULT_TILE_PIXELS = 1 << 20  # full-resolution pixels per band: 12 float32 coefficient planes = 48 MiB
 
 
@@ -92,18 +89,6 @@ def fit_coefficients(guide: torch.Tensor, target: torch.Tensor, radius: int = DE
     b = mean_t.permute(1, 2, 0) - (a @ mean_g.permute(1, 2, 0)[..., None])[..., 0]  # (h, w, 3)
     coefficients = torch.cat([a.reshape(h, w, 9), b], dim=-1).permute(2, 0, 1)
     return box_mean(coefficients.contiguous(), radius)
-
-
-def check_lift_settings(radius, eps, prior: str = "global", sigma: float = DEFAULT_SIGMA) -> tuple[int, float, float]:
-    if prior not in PRIORS:
-        raise InputError(f"lift prior must be one of {', '.join(PRIORS)}, got {prior!r}")
-    if int(radius) != radius or radius < 0:
-        raise InputError(f"lift radius must be a whole number of pixels >= 0, got {radius}")
-    if not float(eps) > 0:
-        raise InputError(f"lift regulariser eps must be > 0, got {eps}")
-    if not float(sigma) >= 0:
-        raise InputError(f"lift sigma must be >= 0 working pixels, got {sigma}")
-    return int(radius), float(eps), float(sigma)
 
 
 def _axis_weights(n_out: int, n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
