@@ -90,23 +90,42 @@ _REGION_CACHE: dict = {}
 
 
 def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, options: dict) -> None:
-    """Region-wise stylizer (TCP), global transfer (or the region under option ``mask``); deterministic."""
+    """Region-wise stylizer (TCP), global transfer (or the region under option ``mask``); deterministic.
+
+    The model works at its training size and its edit is lifted onto the ``size`` x ``size`` input (guided
+    lift, as ``styleforge region apply``); options ``detail``, ``lift_radius``, ``lift_eps``, ``lift_sigma``,
+    ``lift_prior``, ``working_size`` (the model's working resolution) and ``paste_back`` change that."""
     from .io import save_image
-    from .region.inference import RegionStylizer
+    from .region.inference import RegionStylizer, lift_settings
+    from .region.lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA
 
     key = (str(options.get("model")), str(options.get("device", "auto")), str(options.get("dtype", "fp32")))
     if key not in _REGION_CACHE:
         _REGION_CACHE[key] = RegionStylizer.from_pretrained(options.get("model"), device=options.get("device", "auto"),
                                                             dtype=options.get("dtype", "fp32"))
     stylizer = _REGION_CACHE[key]
+    settings = lift_settings("native", options.get("detail", "guided"), _number(options.get("lift_radius", DEFAULT_RADIUS)),
+                             float(options.get("lift_eps", DEFAULT_EPS)), options.get("lift_prior", "global"),
+                             float(options.get("lift_sigma", DEFAULT_SIGMA)))
+    working = options.get("working_size")
+    paste_back = options.get("paste_back", True)
+    if isinstance(paste_back, str):
+        from .cli.common import str2bool
+
+        paste_back = str2bool(paste_back)
     image = stylizer(content, style=reference, mask=options.get("mask"), strength=float(options.get("strength", 1.0)),
-                     paste_back=bool(options.get("paste_back", False)), size=size)
+                     paste_back=bool(paste_back), size=int(working) if working else None,
+                     output_size="native", detail=settings["detail"], lift_radius=settings["radius"],
+                     lift_eps=settings["eps"], lift_prior=settings["prior"], lift_sigma=settings["sigma"])
     save_image(image, out, overwrite=True, inputs=[content, reference],
-               metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size})
+               metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size,
+                         "working_size": int(working) if working else stylizer.image_size, **settings})
 
 
-register_method("region", run_region, description="region-wise photorealistic stylizer (TCP); options: model, strength, mask",
-                options=("strength", "mask", "paste_back"))
+register_method("region", run_region, description="region-wise photorealistic stylizer (TCP), lifted to the input size; "
+                                                  "options: model, strength, mask, detail, lift_radius, lift_eps",
+                options=("strength", "mask", "paste_back", "detail", "lift_radius", "lift_eps", "lift_sigma", "lift_prior",
+                         "working_size"))
 
 _PIPELINE_CACHE: dict = {}
 
