@@ -92,7 +92,8 @@ _REGION_CACHE: dict = {}
 def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, options: dict) -> None:
     """Region-wise stylizer (TCP), global transfer (or the region under option ``mask``); deterministic.
 
-    The model works at its training size and its edit is lifted onto the ``size`` x ``size`` input (guided
+    The model works at its training size and its edit is lifted onto the input as given (``size`` x ``size`` when
+    compare was given one; guided
     lift, as ``styleforge region apply``); options ``detail``, ``lift_radius``, ``lift_eps``, ``lift_sigma``,
     ``lift_prior``, ``working_size`` (the model's working resolution) and ``paste_back`` change that."""
     from .io import save_image
