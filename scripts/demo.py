@@ -11,13 +11,16 @@ outputs/demo/region_landscape.png (full resolution) and its strip region_landsca
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from styleforge.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+# relative to where it runs (run.sh runs it from the repository root), as a user types them: the output's metadata
+# records the input paths as given
+EXAMPLES = Path(os.path.relpath(ROOT / "examples"))
 OUT = Path("outputs/demo/region_landscape.png")
 ARGS = ["region", "apply", "--content", str(EXAMPLES / "content_landscape_large.jpg"),
         "--style", str(EXAMPLES / "style_coffee.png"), "--mask", str(EXAMPLES / "mask_meadow.png"),
@@ -30,7 +33,7 @@ def write_docs(folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     upsampled = OUT.with_name("region_landscape_upsampled.png")
-    if main(ARGS + ["-o", str(upsampled), "--detail", "none", "--strip", "false"]):
+    if main(ARGS + ["-o", str(upsampled), "--detail", "none", "--no-save-strip"]):
         sys.exit("could not write the upsampled comparison")
     strip = Image.open(OUT.with_name(OUT.stem + ".strip.png")).convert("RGB")
     strip.resize((round(strip.width * 240 / strip.height), 240), Image.LANCZOS).save(

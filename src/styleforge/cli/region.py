@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
+from argparse import BooleanOptionalAction
 
 from .. import validation as V
-from .common import add_common_args, add_subcommand, str2bool
+from .common import add_common_args, add_subcommand
 
 PRESETS = ("test", "cpu64", "gpu128", "ref256")
 STRIP_MIN_HEIGHT, STRIP_MAX_HEIGHT = 512, 768
@@ -36,11 +36,9 @@ def _register_apply(sub) -> None:
     p.add_argument("--style", action="append", required=True, help="style image; repeat for several edits")
     p.add_argument("--mask", action="append", help="mask image (white = restyle), one per --style; omit for global transfer")
     p.add_argument("--strength", type=V.fraction, default=1.0, help="style strength t in [0, 1]: style code (1-t)·S_content + t·S_style")
-    p.add_argument("--paste-back", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL",
-                   help="keep every pixel outside the mask exactly as in the content image; --no-paste-back (or "
-                        "--paste-back false) returns the model's whole output (outside the mask: its reconstruction of the photo)")
-    # the short spelling of --paste-back false; hidden so that option readers (web page, batch) see one paste_back option
-    p.add_argument("--no-paste-back", dest="paste_back", action="store_false", help=argparse.SUPPRESS)
+    p.add_argument("--paste-back", action=BooleanOptionalAction, default=True,
+                   help="keep every pixel outside the mask exactly as in the content image; --no-paste-back returns the "
+                        "model's whole output (outside the mask: its reconstruction of the photo)")
     p.add_argument("--paste-margin", type=V.Number(int, 0, V.MAX_WORKING_SIDE), default=None, metavar="PX",
                    help="with paste-back, restyle PX working-size pixels beyond the mask before pasting back, so the region "
                         "keeps the new style up to its edge (default: one feature cell of the model, 2^d px; 0 = the mask itself)")
@@ -52,7 +50,7 @@ def _register_apply(sub) -> None:
                    help="Gaussian feathering of the mask, sigma in working-size pixels (0 = off); at native output size the "
                         "paste-back edge is softened by the same amount inward, so nothing outside the mask changes")
     p.add_argument("--size", type=V.side, default=None, help="working resolution (shorter side); default: the model's training size")
-    p.add_argument("--strip", type=str2bool, default=True, help="also write OUTPUT.strip.png with the inputs and the result")
+    p.add_argument("--save-strip", action=BooleanOptionalAction, default=True, help="also write OUTPUT.strip.png with the inputs and the result")
     add_common_args(p, model_default=None, model_help="region model folder (default: the bundled model)")
     p.set_defaults(func=run_apply)
 
@@ -134,18 +132,18 @@ def _register_train(sub) -> None:
     r.add_argument("--reg-interval", type=V.count, default=16, help="K: L_CC and L_CA run every K iterations")
     r.add_argument("--reg-offset", type=V.non_negative_int, default=0, help="phase of L_CA relative to L_CC within K")
     r.add_argument("--reg-start", type=V.non_negative_int, default=0, help="warm-up: no L_CC/L_CA before this iteration")
-    r.add_argument("--reg-scale-by-interval", type=str2bool, default=False, help="multiply L_CC/L_CA by K")
-    r.add_argument("--cc-detach-targets", type=str2bool, default=True, help="stop-gradient on the L_CC targets C_A, S_B")
-    r.add_argument("--ca-detach-target", type=str2bool, default=True, help="stop-gradient on the L_CA pseudo target I_g")
-    r.add_argument("--ca-detach-input", type=str2bool, default=False, help="recompute trunk(I_g) for L_CA with I_g detached")
-    r.add_argument("--ca-normalize-by-area", type=str2bool, default=False, help="divide each L_CA term by its mask's coverage")
-    r.add_argument("--adv-on-region", type=str2bool, default=False, help="let the image discriminator also judge I_h")
+    r.add_argument("--reg-scale-by-interval", action=BooleanOptionalAction, default=False, help="multiply L_CC/L_CA by K")
+    r.add_argument("--cc-detach-targets", action=BooleanOptionalAction, default=True, help="stop-gradient on the L_CC targets C_A, S_B")
+    r.add_argument("--ca-detach-target", action=BooleanOptionalAction, default=True, help="stop-gradient on the L_CA pseudo target I_g")
+    r.add_argument("--ca-detach-input", action=BooleanOptionalAction, default=False, help="recompute trunk(I_g) for L_CA with I_g detached")
+    r.add_argument("--ca-normalize-by-area", action=BooleanOptionalAction, default=False, help="divide each L_CA term by its mask's coverage")
+    r.add_argument("--adv-on-region", action=BooleanOptionalAction, default=False, help="let the image discriminator also judge I_h")
     r.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="M -> M_e resampling")
     r.add_argument("--mask-coverage", type=V.Pair(V.fraction, labels=('LOW', 'HIGH')), default=(0.1, 0.7), help="LOW,HIGH coverage of random masks")
     r.add_argument("--mask-trivial-probability", type=V.fraction, default=0.0, help="probability of an all-0 or all-1 mask")
     a = p.add_argument_group("architecture, patches and data")
     a.add_argument("--demod", choices=("standard", "input_scaling"), default="standard", help="modulated-conv flavour")
-    a.add_argument("--normalize-codes", type=str2bool, default=True, help="L2-normalise content and style codes")
+    a.add_argument("--normalize-codes", action=BooleanOptionalAction, default=True, help="L2-normalise content and style codes")
     a.add_argument("--style-gain", type=V.positive, default=None,
                    help="factor on the normalised style code before the generator's affines (default 1, the official "
                         "SwapAE scale; sqrt(style_dim) gives the affines unit-variance inputs)")
@@ -164,7 +162,7 @@ def _register_train(sub) -> None:
     b.add_argument("--sample-every", type=V.non_negative_int, default=250, help="write a sample grid every N iterations (0 = only at the end)")
     b.add_argument("--checkpoint-every", type=V.non_negative_int, default=250, help="write a checkpoint every N iterations (0 = only at the end)")
     b.add_argument("--keep-checkpoints", type=V.non_negative_int, default=2, help="how many recent checkpoints to keep")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
     p.set_defaults(func=run_train)
 
 
@@ -186,7 +184,7 @@ def run_apply(args) -> int:
     inputs = [args.content, *args.style, *(args.mask or [])]
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
     strip_path = sibling_path(out, "strip")
-    if args.strip:
+    if args.save_strip:
         check_output_path(strip_path, overwrite=args.overwrite, inputs=inputs)
     if not 0.0 <= args.strength <= 1.0:
         raise InputError(f"--strength must lie in [0, 1], got {args.strength}")
@@ -209,7 +207,7 @@ def run_apply(args) -> int:
     }
     save_image(result, out, metadata=metadata, overwrite=args.overwrite, inputs=inputs)
     print(f"wrote {out}")
-    if args.strip:
+    if args.save_strip:
         content = load_image(args.content, name="content image")
         panels = [content if args.output_size == "native" else stylizer.prepare_content(content, args.size)]
         for i, style in enumerate(args.style):
@@ -274,7 +272,7 @@ def run_train(args) -> int:
         style_gain=args.style_gain, content_channels=args.content_channels,
         crop_scale=args.crop_scale, load_size=args.load_size, ema_half_life_images=args.ema_half_life, seed=args.seed,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        resume=args.resume, device=args.device, progress=not args.no_progress,
+        resume=args.resume, device=args.device, progress=args.progress,
         command="styleforge region train " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1:])
         if "train" in sys.argv else None,
     )
