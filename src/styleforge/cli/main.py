@@ -11,7 +11,7 @@ import traceback
 from .common import HelpFormatter
 
 # (module under styleforge.cli, its subcommands register themselves). Order = order in --help.
-SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "compare", "invert", "tiny_model"]
+SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "compare", "invert", "serve", "tiny_model"]
 
 
 def build_parser() -> argparse.ArgumentParser:
