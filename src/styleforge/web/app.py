@@ -140,16 +140,18 @@ def _control(option: options.Option, override: Any) -> gr.Component:
 
 
 def result_panel(label: str = "Result") -> list[gr.Component]:
-    with gr.Column():
-        gallery = gr.Gallery(label=label, columns=3, height=360, format="png", object_fit="contain",
-                             elem_classes=["sf-result"])
-        status = gr.Markdown(elem_classes=["sf-status"])
-        files = gr.File(label="Download (the command's PNG files, metadata intact)", file_count="multiple",
-                        interactive=False, elem_classes=["sf-files"])
-        command = gr.Textbox(label="Equivalent command", buttons=["copy"], interactive=False, lines=2,
-                             elem_classes=["sf-command"])
-        with gr.Accordion("Settings of this result (its PNG metadata)", open=False):
-            settings = gr.JSON(label="settings")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label=label, columns=3, height=380, format="png", object_fit="contain",
+                                 elem_classes=["sf-result"])
+        with gr.Column(scale=2):
+            status = gr.Markdown(elem_classes=["sf-status"])
+            files = gr.File(label="Download: the command's PNG files, metadata intact", file_count="multiple",
+                            interactive=False, height=150, elem_classes=["sf-files"])
+            command = gr.Textbox(label="Equivalent command", buttons=["copy"], interactive=False, lines=3,
+                                 elem_classes=["sf-command"])
+            with gr.Accordion("Settings of this result (its PNG metadata)", open=False):
+                settings = gr.JSON(label="settings")
     return [gallery, files, settings, command, status]
 
 
@@ -236,30 +238,37 @@ def _int(value) -> int | None:
 
 def region_tab(app: App) -> None:
     main = ("content", "style", "mask", "strength", "paste_back", "seed")
+    styles, masks = [], []
+
+    def edit(k: int) -> None:
+        with gr.Row():
+            styles.append(image_input(f"Style {k + 1}", height=170, elem_id=f"region-style-{k + 1}"))
+            masks.append(image_input(f"Mask {k + 1}: optional upload (instead of painting layer {k + 1})", height=170,
+                                     elem_id=f"region-mask-{k + 1}"))
+
     with gr.Row():
         with gr.Column(scale=3):
-            editor = mask_editor("Content: upload, then paint the region to restyle (layer k = mask of style k; "
-                                 "nothing painted = the whole image)", [f"Mask {k + 1}" for k in range(EDITS)])
+            editor = mask_editor("Content: upload, then paint the region to restyle with the brush (layer k = mask of "
+                                 "style k; nothing painted = the whole image)", [f"Mask {k + 1}" for k in range(EDITS)])
+            examples = gr.Column()
         with gr.Column(scale=2):
-            styles, masks = [], []
-            for k in range(EDITS):
-                with gr.Group(visible=True):
-                    with gr.Row():
-                        styles.append(image_input(f"Style {k + 1}", height=160, elem_id=f"region-style-{k + 1}"))
-                        masks.append(image_input(f"Mask {k + 1} (optional upload, replaces layer {k + 1})", height=160,
-                                                 elem_id=f"region-mask-{k + 1}"))
+            edit(0)
             strength = gr.Slider(0, 1, value=1.0, step=0.05, label="--strength", info=_help("region", "strength"))
             paste_back = gr.Checkbox(value=False, label="--paste-back", info=_help("region", "paste_back"))
             seed = gr.Number(value=0, precision=0, label="--seed")
+            with gr.Accordion("More edits (one style and mask each, applied in turn)", open=False):
+                for k in range(1, EDITS):
+                    edit(k)
     advanced = advanced_controls("region", main, server=app.server)
     run, cancel = _buttons()
     outputs = result_panel()
     folder = examples_folder()
     if folder is not None:
-        gr.Examples([[str(folder / "content_landscape.png"), str(folder / "style_coffee.png"), None],
-                     [str(folder / "content_landscape.png"), str(folder / "style_astronaut.png"),
-                      str(folder / "mask_meadow.png")]],
-                    inputs=[editor, styles[0], masks[0]], label="Examples (the bundled model works offline)")
+        with examples:
+            gr.Examples([[str(folder / "content_landscape.png"), str(folder / "style_coffee.png"), None],
+                         [str(folder / "content_landscape.png"), str(folder / "style_astronaut.png"),
+                          str(folder / "mask_meadow.png")]],
+                        inputs=[editor, styles[0], masks[0]], label="Examples (the bundled model works offline)")
 
     def build(session, job, names, editor_value, *rest):
         main_values, raws = _split(rest, 2 * EDITS + 3)

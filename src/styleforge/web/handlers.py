@@ -253,17 +253,19 @@ class JobResult:
     extra: dict = field(default_factory=dict)
 
 
-def _shown(value: Any, names: Mapping[str, str]) -> Any:
+def _shown(value: Any, names: Mapping[str, str], job: Path | None) -> Any:
     if isinstance(value, (list, tuple)):
-        return [_shown(v, names) for v in value]
+        return [_shown(v, names, job) for v in value]
     if isinstance(value, str) and value in names:
         return names[value]
+    if isinstance(value, str) and job is not None and value.startswith(f"{job}/"):
+        return value[len(str(job)) + 1:]  # a file the page wrote for this run (the drawn mask, the content)
     return value
 
 
-def display_command(command: str, values: Mapping[str, Any], names: Mapping[str, str]) -> str:
+def display_command(command: str, values: Mapping[str, Any], names: Mapping[str, str], job: Path | None = None) -> str:
     """The ``styleforge ...`` line of a run, with the page's temporary paths shown as plain file names."""
-    return options.command_line(command, {k: _shown(v, names) for k, v in values.items()})
+    return options.command_line(command, {k: _shown(v, names, job) for k, v in values.items()})
 
 
 def upload_names(paths: Sequence[str | None]) -> dict[str, str]:
@@ -280,7 +282,7 @@ def run_command(command: str, values: Mapping[str, Any], job: Path, names: Mappi
     output = out_dir / output_name if spec.output_is_folder else out_dir / f"{output_name}.png"
     values = {**values, "output": str(output)}
     names = {**(names or {}), str(output): output.name + ("/" if spec.output_is_folder else "")}
-    line = display_command(command, values, names)  # refuses unknown options before any work
+    line = display_command(command, values, names, job)  # refuses unknown options before any work
     options.run_method(command, values)
     written = sorted(p for p in out_dir.rglob("*.png"))
     main = [p for p in written if p.stem == output_name]
