@@ -138,14 +138,15 @@ def wait_for_new_command(page, tab: str, before: str, timeout_s: float = 120) ->
 def test_region_tab_restyles_the_examples_with_a_painted_mask(page, server, tmp_path):
     from styleforge.io import read_metadata
 
-    page.locator("#tab-region tr.tr-body").first.click()  # example: landscape + coffee
+    page.get_by_text("landscape + coffee: paint the region").click()  # the first example
     page.wait_for_selector("#region-style-1 img")
     draw_strokes(page, "#tab-region canvas")
+    page.locator("#tab-region").get_by_label("--paste-back").check()
     started = time.monotonic()
     page.locator("#tab-region .sf-run").click()
     command = wait_for_new_command(page, "tab-region", "")
     round_trip = time.monotonic() - started
-    assert command.startswith("styleforge region apply ") and "--mask mask1.png" in command
+    assert command.startswith("styleforge region apply ") and "--mask mask1.png" in command and "--paste-back" in command
     assert "--style style_coffee.png" in command and "--content=content.png" in command
     page.wait_for_selector("#tab-region .sf-result img")
     assert page.locator("#tab-region .sf-result img").count() >= 2  # the result and its strip
@@ -173,6 +174,7 @@ def test_region_tab_restyles_the_examples_with_a_painted_mask(page, server, tmp_
     if shot:
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=shot, full_page=True)
+    print(f"region test body: {time.monotonic() - started:.1f} s after Run")
 
 
 def test_corrupt_upload_is_one_message_and_the_next_request_works(page, tmp_path):

@@ -268,7 +268,8 @@ def region_tab(app: App) -> None:
             gr.Examples([[str(folder / "content_landscape.png"), str(folder / "style_coffee.png"), None],
                          [str(folder / "content_landscape.png"), str(folder / "style_astronaut.png"),
                           str(folder / "mask_meadow.png")]],
-                        inputs=[editor, styles[0], masks[0]], label="Examples (the bundled model works offline)")
+                        inputs=[editor, styles[0], masks[0]], label="Examples (the bundled model works offline)",
+                        example_labels=["landscape + coffee: paint the region", "landscape + astronaut, meadow mask"])
 
     def build(session, job, names, editor_value, *rest):
         main_values, raws = _split(rest, 2 * EDITS + 3)
@@ -578,8 +579,10 @@ def build_app(server: H.ServerSettings | None = None, workspace: H.Workspace | N
             oneshot_tab(app)
         with gr.Tab("Compare", elem_id="tab-compare"):
             compare_tab(app)
-        def end_session(request: gr.Request):  # the page was closed: its files go
-            app.workspace.end_session(getattr(request, "session_hash", None))
+        def end_session(request: gr.Request):  # the page was closed: its run stops, its files go
+            session = getattr(request, "session_hash", None)
+            app.runner.cancel(session)
+            app.workspace.end_session(session)
 
         page.unload(end_session)
     page.queue(default_concurrency_limit=1, max_size=32)
