@@ -196,9 +196,10 @@ class App:
         stopped = self.runner.cancel(getattr(request, "session_hash", None))
         return "**cancelling: the run stops at its next step**" if stopped else "nothing of yours is running"
 
-    def wire(self, button: gr.Button, cancel: gr.Button, fn, inputs: list, outputs: list, extra_then=None):
+    def wire(self, button: gr.Button, cancel: gr.Button, fn, inputs: list, outputs: list, extra_then=None,
+             api_name: str | None = None):
         event = button.click(fn, inputs=inputs, outputs=outputs, concurrency_limit=1, concurrency_id="gpu",
-                             show_progress="full")
+                             show_progress="full", api_name=api_name)
         if extra_then is not None:
             event.then(*extra_then)
         cancel.click(self.cancel, inputs=None, outputs=outputs[-1:], cancels=[event], concurrency_limit=None,
@@ -236,8 +237,11 @@ def _int(value) -> int | None:
 # ---------------------------------------------------------------------------------------------- tabs
 
 
+REGION_MAIN = ("content", "style", "mask", "strength", "paste_back", "seed")  # laid out by hand on the region tab
+
+
 def region_tab(app: App) -> None:
-    main = ("content", "style", "mask", "strength", "paste_back", "seed")
+    main = REGION_MAIN
     styles, masks = [], []
 
     def edit(k: int) -> None:
@@ -289,7 +293,7 @@ def region_tab(app: App) -> None:
                         names)
 
     inputs = [editor, *styles, *masks, strength, paste_back, seed, *[c for _, c in advanced]]
-    app.wire(run, cancel, app.job("region", build, upload_slots=range(1, 1 + 2 * EDITS)), inputs, outputs)
+    app.wire(run, cancel, app.job("region", build, upload_slots=range(1, 1 + 2 * EDITS)), inputs, outputs, api_name="region")
 
 
 def _editor_content(value, job: Path, name: str) -> tuple[str | None, list]:
@@ -337,7 +341,7 @@ def appearance_tab(app: App) -> None:
 
     inputs = [structure, appearance, structure_mask, appearance_mask, domain, prompt, noun, seed, steps,
               *[c for _, c in advanced]]
-    app.wire(run, cancel, app.job("appearance", build, upload_slots=(2, 3)), inputs, outputs)
+    app.wire(run, cancel, app.job("appearance", build, upload_slots=(2, 3)), inputs, outputs, api_name="appearance")
 
 
 def translate_tab(app: App) -> None:
@@ -374,7 +378,7 @@ def translate_tab(app: App) -> None:
 
     inputs = [image, source, target, source_prompt, target_prompt, sentences_source, sentences_target, caption, weight,
               steps, seed, *[c for _, c in advanced]]
-    app.wire(run, cancel, app.job("translate", build, upload_slots=(0, 5, 6)), inputs, outputs)
+    app.wire(run, cancel, app.job("translate", build, upload_slots=(0, 5, 6)), inputs, outputs, api_name="translate")
 
 
 def pair_tab(app: App) -> None:
@@ -406,7 +410,7 @@ def pair_tab(app: App) -> None:
                                 extra, names)
 
         inputs = [trained, uploaded, prompt, image, scale, steps, seed, *[c for _, c in advanced]]
-        app.wire(run, cancel, app.job("pair-apply", build, upload_slots=(1, 3)), inputs, outputs)
+        app.wire(run, cancel, app.job("pair-apply", build, upload_slots=(1, 3)), inputs, outputs, api_name="pair_apply")
 
     def style_choices(request: gr.Request):
         return gr.update(choices=[p.name for p in app.workspace.styles(getattr(request, "session_hash", None))])
@@ -435,7 +439,7 @@ def pair_tab(app: App) -> None:
 
         inputs_t = [content, styled, words, subject, iterations, seed_t, *[c for _, c in advanced_t]]
         app.wire(run_t, cancel_t, app.job("pair-train", build_train, upload_slots=(0, 1)), inputs_t, outputs_t,
-                 extra_then=(style_choices, None, trained))
+                 extra_then=(style_choices, None, trained), api_name="pair_train")
 
 
 def oneshot_tab(app: App) -> None:
@@ -461,7 +465,7 @@ def oneshot_tab(app: App) -> None:
                                    {**names, **{v: f"{k}/" for k, v in runs.items()}})
 
         inputs = [trained, run_path, photos, seed, *[c for _, c in advanced]]
-        app.wire(run, cancel, app.job("oneshot-apply", build, upload_slots=(2,)), inputs, outputs)
+        app.wire(run, cancel, app.job("oneshot-apply", build, upload_slots=(2,)), inputs, outputs, api_name="oneshot_apply")
 
     def run_choices(request: gr.Request):
         return gr.update(choices=[p.name for p in app.workspace.runs(getattr(request, "session_hash", None))])
@@ -488,7 +492,7 @@ def oneshot_tab(app: App) -> None:
 
         inputs_t = [style, photo, iterations, seed_t, *[c for _, c in advanced_t]]
         app.wire(run_t, cancel_t, app.job("oneshot-train", build_train, upload_slots=(0, 1)), inputs_t, outputs_t,
-                 extra_then=(run_choices, None, trained))
+                 extra_then=(run_choices, None, trained), api_name="oneshot_train")
 
 
 def compare_tab(app: App) -> None:
@@ -519,7 +523,7 @@ def compare_tab(app: App) -> None:
 
     inputs = [contents, references, methods, size, seed, *[c for _, c in advanced]]
     app.wire(run, cancel, app.job("compare", build, upload_slots=(0, 1), show=show), inputs,
-             [*outputs[:-1], table, outputs[-1]])
+             [*outputs[:-1], table, outputs[-1]], api_name="compare")
 
 
 def _table(result: H.JobResult):
