@@ -240,12 +240,12 @@ def test_unreadable_upload_is_refused_with_the_loaders_message(tmp_path):
     gr = pytest.importorskip("gradio")
     from gradio.data_classes import FileData
 
-    from styleforge.web.app import CheckedImage
+    from styleforge.web.app import image_input
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"GIF89a but not really")
     with pytest.raises(gr.Error) as e:
-        CheckedImage(label="Style 1", type="filepath", image_mode=None).preprocess(FileData(path=str(bad), orig_name="broken.png"))
+        image_input("Style 1").preprocess(FileData(path=str(bad), orig_name="broken.png"))
     assert e.value.message == "Style 1: not an image file (or an unsupported format): broken.png"
 
 

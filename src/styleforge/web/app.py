@@ -58,14 +58,21 @@ def _install_cancel_hook() -> None:
     gr.Progress._styleforge_hook = True
 
 
-class CheckedImage(gr.Image):
-    """An image upload that refuses unreadable files with styleforge's own message instead of a decoder error."""
+def image_input(label: str, **kw) -> gr.Image:
+    """An image upload that reaches the command as the uploaded file, and refuses unreadable files with the
+    loaders' own message instead of a decoder error."""
+    # filepath + image_mode=None: no re-encoding (EXIF and metadata kept). The check wraps this one instance's
+    # preprocess: a gr.Image subclass would make gradio write a .pyi stub beside this file at import.
+    image = gr.Image(label=label, type="filepath", image_mode=None, format="png", sources=["upload", "clipboard"],
+                     height=kw.pop("height", 240), **kw)
+    image.preprocess = _readable_or_refused(image.preprocess, label)
+    return image
 
-    is_template = True  # the frontend of gr.Image
 
-    def preprocess(self, payload):
+def _readable_or_refused(preprocess: Callable, label: str) -> Callable:
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error:
             raise
         except Exception as e:
@@ -73,18 +80,13 @@ class CheckedImage(gr.Image):
 
             path = str(getattr(payload, "path", "") or "")
             name = getattr(payload, "orig_name", None) or Path(path).name or "upload"
-            label = self.label or "image"
             try:
                 load_image(path, name=label)
             except InputError as refusal:
                 raise gr.Error(f"{label}: {H.error_message(refusal, {path: name})}") from None
             raise gr.Error(f"{label}: {name} could not be read ({type(e).__name__})") from None
 
-
-def image_input(label: str, **kw) -> gr.Image:
-    # filepath + image_mode=None: the file reaches the command as uploaded (no re-encoding, EXIF kept)
-    return CheckedImage(label=label, type="filepath", image_mode=None, format="png", sources=["upload", "clipboard"],
-                        height=kw.pop("height", 240), **kw)
+    return checked
 
 
 def mask_editor(label: str, layers: Sequence[str]) -> gr.ImageEditor:
