@@ -289,3 +289,23 @@ def test_serve_warns_when_it_binds_beyond_this_machine(monkeypatch, capsys, tmp_
     assert not (tmp_path / "w").exists()  # the session files go with the server
     assert main(["serve", "--workdir", str(tmp_path / "w")]) == 0
     assert "warning" not in capsys.readouterr().err and launched["host"] == "127.0.0.1" and not launched["share"]
+
+
+def test_pair_train_then_apply_the_sessions_style(tmp_path, tiny_sd1_folder):
+    """The Pair tab's two halves: train into the session's styles folder (zip offered), then apply that style."""
+    ws = H.Workspace(tmp_path / "ws")
+    server = H.ServerSettings(model=str(tiny_sd1_folder))
+    style_dir = ws.new_folder("s", "styles", "digital illustration")
+    extra = {"style_start": 1, "content_rank": 4, "style_rank": 4, "resolution": 32, "lr": 1e-3, "quiet": True}
+    trained = H.pair_train(ws.new_job("s", "pair-train"), style_dir, server, CONTENT, STYLE, "digital illustration",
+                           "scene", 2, 0, extra, H.upload_names([CONTENT, STYLE]))
+    assert ws.styles("s") == [style_dir] and Path(trained.files[0]).name == "digital_illustration.zip"
+    assert trained.settings["iterations_trained"] == 2
+    assert trained.command.startswith("styleforge pair train --model=") and "--output=digital_illustration/" in trained.command
+    applied = H.pair_apply(ws.new_job("s", "pair-apply"), server, [str(style_dir)], "a photo of a dog", None, "2", 1, 2,
+                           {"height": 32, "width": 32}, {str(style_dir): "digital_illustration/"})
+    meta = read_metadata(applied.files[0])
+    assert meta["method"] == "pair-customization" and meta["params"]["style_scale"] == {"digital_illustration": 2.0}
+    assert "--style digital_illustration/" in applied.command and "--style-scale 2" in applied.command
+    with pytest.raises(InputError, match="choose a style"):
+        H.pair_apply(tmp_path, server, [], "x", None, "3", 0, 2, {})
