@@ -73,6 +73,8 @@ class Option:
     nargs: Any = None
     convert: Callable[[str], Any] | None = None  # the parser's type= callable (validates a string value)
     positional: bool = False  # given without a flag, e.g. ``styleforge translate IMAGE``
+    minimum: float | None = None  # the accepted range of a number (or of each value of a START,END pair)
+    maximum: float | None = None
 
 
 def get_method(name: str) -> MethodCommand:
@@ -111,9 +113,11 @@ def _kind(action: argparse.Action) -> str:
         return "bool"
     if action.choices is not None:
         return "choice"
-    if action.type is int:
+    from .validation import Number
+
+    if action.type is int or (isinstance(action.type, Number) and action.type.kind is int):
         return "int"
-    if action.type is float:
+    if action.type is float or isinstance(action.type, Number):
         return "float"
     return "text"
 
@@ -132,7 +136,8 @@ def method_options(method: str) -> list[Option]:
             group=group_of.get(id(action), ""), required=action.required,
             repeatable=isinstance(action, argparse._AppendAction),
             choices=tuple(action.choices) if action.choices is not None else None, nargs=action.nargs,
-            convert=action.type if callable(action.type) else None, positional=not action.option_strings))
+            convert=action.type if callable(action.type) else None, positional=not action.option_strings,
+            minimum=getattr(action.type, "minimum", None), maximum=getattr(action.type, "maximum", None)))
     return options
 
 

@@ -9,8 +9,19 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+from ..validation import fraction_pair, int_pair  # noqa: F401  (START,END options of several commands)
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"styleforge: error: {where}{message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -49,21 +60,6 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
-def pair_of(cast, what: str):
-    """An argparse type for ``"A,B"`` -> (cast(A), cast(B)), e.g. an iteration window ``"10,90"``."""
-
-    def parse(value: str):
-        try:
-            a, b = (cast(x) for x in value.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected two {what} as START,END, got {value!r}") from None
-        return a, b
-
-    return parse
-
-
-int_pair = pair_of(int, "integers")
-fraction_pair = pair_of(float, "fractions")
 
 
 def load_pipeline(cls, args):
