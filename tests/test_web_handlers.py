@@ -124,7 +124,7 @@ def test_the_commands_own_refusals_reach_the_page(tmp_path):
     with pytest.raises(InputError) as e:
         H.region(tmp_path, H.ServerSettings(), CONTENT, [STYLE], [empty], 1.0, False, 0, {"size": 64})
     assert "empty" in H.error_message(e.value)
-    with pytest.raises(InputError, match=r"--strength must lie in \[0, 1\]"):
+    with pytest.raises(InputError, match=r"--strength: must be a finite number in \[0, 1\]"):
         H.region(tmp_path, H.ServerSettings(), CONTENT, [STYLE], [None], 1.5, False, 0, {"size": 64})
     bad = tmp_path / "upload-cache-1234" / "broken.png"
     bad.parent.mkdir()
@@ -309,3 +309,11 @@ def test_pair_train_then_apply_the_sessions_style(tmp_path, tiny_sd1_folder):
     assert "--style digital_illustration/" in applied.command and "--style-scale 2" in applied.command
     with pytest.raises(InputError, match="choose a style"):
         H.pair_apply(tmp_path, server, [], "x", None, "3", 0, 2, {})
+
+
+def test_upload_refusal_names_the_upload(tmp_path):
+    bad = tmp_path / "cache" / "broken.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 4)
+    assert H.upload_refusal(str(bad), "broken.png", "Style 1").startswith("Style 1: image file is truncated or corrupt: broken.png")
+    assert H.upload_refusal(STYLE, "style_coffee.png", "Style 1") is None

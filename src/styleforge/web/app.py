@@ -66,7 +66,24 @@ def image_input(label: str, **kw) -> gr.Image:
     image = gr.Image(label=label, type="filepath", image_mode=None, format="png", sources=["upload", "clipboard"],
                      height=kw.pop("height", 240), **kw)
     image.preprocess = _readable_or_refused(image.preprocess, label)
+    # refused at upload already: the message, and the slot emptied so the next run works
+    image.upload(_upload_checker(label), inputs=image, outputs=image, preprocess=False, show_progress="hidden",
+                 concurrency_limit=None, concurrency_id="uploads")  # queued (messages need it), never behind a run
     return image
+
+
+def _upload_checker(label: str) -> Callable:
+    def check(payload):
+        path = (payload or {}).get("path") if isinstance(payload, dict) else None
+        if not path:
+            return gr.skip()
+        refusal = H.upload_refusal(path, (payload or {}).get("orig_name") or Path(path).name, label)
+        if refusal is None:
+            return gr.skip()
+        gr.Warning(refusal, duration=None)
+        return None
+
+    return check
 
 
 def _readable_or_refused(preprocess: Callable, label: str) -> Callable:
@@ -134,7 +151,8 @@ def _control(option: options.Option, override: Any) -> gr.Component:
     if kind == "dropdown":
         return gr.Dropdown(choices=list(option.choices), value=value, **common_kw)
     if kind == "number":
-        return gr.Number(value=value, precision=0 if option.kind == "int" else None, **common_kw)
+        return gr.Number(value=value, precision=0 if option.kind == "int" else None, minimum=option.minimum,
+                         maximum=option.maximum, **common_kw)
     return gr.Textbox(value="" if value is None else str(value), max_lines=1, **common_kw)
 
 

@@ -320,6 +320,17 @@ def error_message(exc: BaseException, names: Mapping[str, str] | None = None) ->
     return " ".join(text.split()) or type(exc).__name__
 
 
+def upload_refusal(path: str, name: str, label: str) -> str | None:
+    """Why an uploaded image cannot be used (the loaders' own words, with the upload's name), or None."""
+    from ..io import load_image
+
+    try:
+        load_image(path, name=label)
+    except InputError as e:
+        return f"{label}: {error_message(e, {path: name})}"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- masks
 
 
