@@ -244,8 +244,10 @@ def test_unreadable_upload_is_refused_with_the_loaders_message(tmp_path):
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"GIF89a but not really")
+    with gr.Blocks():
+        image = image_input("Style 1")
     with pytest.raises(gr.Error) as e:
-        image_input("Style 1").preprocess(FileData(path=str(bad), orig_name="broken.png"))
+        image.preprocess(FileData(path=str(bad), orig_name="broken.png"))
     assert e.value.message == "Style 1: not an image file (or an unsupported format): broken.png"
 
 
