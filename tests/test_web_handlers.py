@@ -207,6 +207,8 @@ def test_one_job_at_a_time_and_cancel_only_your_own():
 
 
 def test_workspace_keeps_few_jobs_and_removes_a_closed_session(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "mine.txt").write_text("not the page's")
     ws = H.Workspace(tmp_path / "root", keep_jobs=2)
     jobs = [ws.new_job("s1", "region") for _ in range(4)]
     assert [j.exists() for j in jobs] == [False, False, True, True]
@@ -216,9 +218,9 @@ def test_workspace_keeps_few_jobs_and_removes_a_closed_session(tmp_path):
     assert ws.new_folder("s1", "styles", "water colour").name == "water_colour-2" and ws.styles("s1") == [style]
     assert ws.styles("s2") == []
     ws.end_session("s1")
-    assert not (tmp_path / "root" / "s1").exists()
+    assert not (ws.root / "s1").exists() and ws.root.is_dir()
     ws.close()
-    assert not (tmp_path / "root").exists()
+    assert not ws.root.exists() and (tmp_path / "root" / "mine.txt").is_file()
 
 
 def test_zip_folder_leaves_checkpoints_out(tmp_path):
@@ -288,7 +290,7 @@ def test_serve_warns_when_it_binds_beyond_this_machine(monkeypatch, capsys, tmp_
     assert main(["serve", "--host", "0.0.0.0", "--port", "9999", "--workdir", str(tmp_path / "w")]) == 0
     err = capsys.readouterr().err
     assert "warning: binding 0.0.0.0" in err and launched["host"] == "0.0.0.0" and launched["port"] == 9999
-    assert not (tmp_path / "w").exists()  # the session files go with the server
+    assert list((tmp_path / "w").iterdir()) == []  # the session files go with the server, only they
     assert main(["serve", "--workdir", str(tmp_path / "w")]) == 0
     assert "warning" not in capsys.readouterr().err and launched["host"] == "127.0.0.1" and not launched["share"]
 

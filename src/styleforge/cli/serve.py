@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from .. import validation as V
 from .common import DEVICES, DTYPES, add_subcommand, str2bool
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -16,17 +17,17 @@ def register(sub) -> None:
                     "and Compare, on the same code as these commands. Models stay loaded between requests; one request "
                     "runs at a time.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but 127.0.0.1 exposes the page to the network")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on")
-    p.add_argument("--model", default=None, help="default Stable Diffusion model of the diffusion tabs (hub id or local folder; "
-                                                  "default: each command's own default)")
-    p.add_argument("--region-model", default=None, help="region model folder (default: the bundled model)")
+    p.add_argument("--port", type=V.Number(int, 1, 65535), default=7860, help="port to listen on")
+    p.add_argument("--model", default=None, help="default Stable Diffusion model of the diffusion tabs, a hub id or local folder "
+                                                  "(unset: each command's own)")
+    p.add_argument("--region-model", default=None, help="region model folder (unset: the bundled model)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where every run happens")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision of every run")
     p.add_argument("--offline", action="store_true", help="never contact the hub (also HF_HUB_OFFLINE=1)")
     p.add_argument("--share", type=str2bool, default=False, help="also open a public gradio.live link (exposes the page)")
     p.add_argument("--max-file-size", default="50mb", help="largest accepted upload, e.g. 20mb or 1gb")
-    p.add_argument("--workdir", default=None, help="folder for the sessions' temporary files (default: a new temporary folder, "
-                                                    "removed on exit)")
+    p.add_argument("--workdir", default=None, help="where the sessions' temporary folder is made (removed on exit; unset: the "
+                                                    "system's temporary folder)")
     p.set_defaults(func=run)
 
 

@@ -148,12 +148,14 @@ def _slug(text: str, fallback: str = "item") -> str:
 class Workspace:
     """Per-session temporary folders: ``ROOT/<session>/jobs/NNNN-kind`` (the newest few kept), ``styles/``, ``runs/``.
 
-    A session's folder goes when its page is closed (:meth:`end_session`), the whole root when the server stops.
+    A session's folder goes when its page is closed (:meth:`end_session`), the root when the server stops.
     """
 
-    def __init__(self, root: str | Path | None = None, keep_jobs: int = 4):
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="styleforge-web-"))
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, parent: str | Path | None = None, keep_jobs: int = 4):
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        # a fresh folder of our own, even inside a given one: closing removes only what the page wrote
+        self.root = Path(tempfile.mkdtemp(prefix="styleforge-web-", dir=parent))
         self.keep_jobs = keep_jobs
         self._counter = 0
         self._lock = threading.Lock()
