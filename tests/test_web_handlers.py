@@ -321,3 +321,32 @@ def test_upload_refusal_names_the_upload(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 4)
     assert H.upload_refusal(str(bad), "broken.png", "Style 1").startswith("Style 1: image file is truncated or corrupt: broken.png")
     assert H.upload_refusal(STYLE, "style_coffee.png", "Style 1") is None
+
+
+def test_oneshot_train_then_apply_the_sessions_run(tmp_path):
+    """The One-shot tab's two halves on tiny OSASIS models: train into the session's runs folder, apply it."""
+    from styleforge.osasis.tiny import tiny_clip, tiny_models
+
+    models = tiny_models()
+    for name in ("diffae", "latent"):
+        models[name].save_pretrained(tmp_path / name)
+    tiny_clip().save_pretrained(tmp_path / "clip")
+    rs = np.random.RandomState(0)
+    photos = []
+    for name in ("art", "p0", "p1"):
+        Image.fromarray(rs.randint(0, 255, (4, 4, 3), dtype=np.uint8)).resize((32, 32)).save(tmp_path / f"{name}.png")
+        photos.append(str(tmp_path / f"{name}.png"))
+    ws = H.Workspace(tmp_path / "ws")
+    run_dir = ws.new_folder("s", "runs", "art")
+    extra = {"model": str(tmp_path / "diffae"), "latent": str(tmp_path / "latent"), "clip": str(tmp_path / "clip"),
+             "lpips_weight": 0, "batch_size": 2, "latent_steps": 5, "content_steps": 3, "encode_steps": 10,
+             "decode_steps": 4, "spn_time_input": "grid_index", "sample_every": 1, "no_progress": True, "device": "cpu"}
+    trained = H.oneshot_train(ws.new_job("s", "oneshot-train"), run_dir, H.ServerSettings(), photos[0], photos[1], 2, 0,
+                              extra, H.upload_names(photos))
+    assert ws.runs("s") == [run_dir] and trained.settings["iteration"] == 2 and trained.images
+    assert trained.command.startswith("styleforge oneshot train --style=art.png --style-photo=p0.png")
+    applied = H.oneshot_apply(ws.new_job("s", "oneshot-apply"), H.ServerSettings(), str(run_dir), photos[1:], 0,
+                              {"encode_steps": 10, "decode_steps": 4, "device": "cpu"}, {str(run_dir): "art/"})
+    assert [Path(p).name for p in applied.files] == ["p0.png", "p1.png"]
+    assert read_metadata(applied.files[0])["method"] == "osasis"
+    assert "--run=art/" in applied.command and "--input=photos/" in applied.command
