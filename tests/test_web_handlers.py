@@ -350,3 +350,12 @@ def test_oneshot_train_then_apply_the_sessions_run(tmp_path):
     assert [Path(p).name for p in applied.files] == ["p0.png", "p1.png"]
     assert read_metadata(applied.files[0])["method"] == "osasis"
     assert "--run=art/" in applied.command and "--input=photos/" in applied.command
+
+
+def test_appearance_shows_transfer_strip_and_reconstructions(tmp_path, tiny_sd1_folder):
+    """The page asks for every side output; a run too short to self-segment has no AdaIN masks and still succeeds."""
+    result = H.appearance(tmp_path, H.ServerSettings(model=str(tiny_sd1_folder)), CONTENT, STYLE, None, None, "animal",
+                          "", "", 42, 6, {"skip_steps": 2, "no_cache": True, "size": 32, "save_strip": True,
+                                          "save_reconstructions": True, "save_masks": True}, H.upload_names([STYLE]))
+    assert [c for _, c in result.images] == ["result", "appearance_recon", "strip", "structure_recon"]
+    assert result.settings["method"] == "cross-image-attention" and "--appearance=style_coffee.png" in result.command
