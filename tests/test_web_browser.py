@@ -143,12 +143,12 @@ def test_region_tab_restyles_the_examples_with_a_painted_mask(page, server, tmp_
     page.get_by_text("landscape + coffee: paint the region").click()  # the first example
     page.wait_for_selector("#region-style-1 img")
     draw_strokes(page, "#tab-region canvas")
-    page.locator("#tab-region").get_by_label("--paste-back").check()
+    assert page.locator("#tab-region").get_by_label("--paste-back").is_checked()  # the command's default
     started = time.monotonic()
     page.locator("#tab-region .sf-run").click()
     command = wait_for_new_command(page, "tab-region", "")
     round_trip = time.monotonic() - started
-    assert command.startswith("styleforge region apply ") and "--mask mask1.png" in command and "--paste-back" in command
+    assert command.startswith("styleforge region apply ") and "--mask mask1.png" in command and "paste-back" not in command
     assert "--style style_coffee.png" in command and "--content=content.png" in command
     page.wait_for_selector("#tab-region .sf-result img")
     assert page.locator("#tab-region .sf-result img").count() >= 2  # the result and its strip

@@ -34,7 +34,7 @@ def test_advanced_controls_come_from_the_parser():
     controls = {o.dest: o for o in H.advanced_options("region", REGION_MAIN)}
     assert not set(REGION_MAIN) & set(controls) and not {"output", "overwrite", "device", "dtype"} & set(controls)
     kinds = {dest: H.control_kind(o) for dest, o in controls.items()}
-    assert kinds["composition"] == "dropdown" and kinds["feather"] == "number" and kinds["strip"] == "checkbox"
+    assert kinds["composition"] == "dropdown" and kinds["feather"] == "number" and kinds["save_strip"] == "checkbox" and kinds["output_size"] == "dropdown"
     assert kinds["paste_margin"] == "number" and controls["paste_margin"].default is None
     assert controls["composition"].choices == ("feature", "pixel", "content_code")
     # a flag the command gains appears on the page without page code
@@ -97,7 +97,7 @@ def test_region_run_writes_the_commands_png_and_shows_its_command(tmp_path):
     meta = read_metadata(main)
     assert meta == result.settings and meta["method"] == "region" and meta["strength"] == 0.5 and meta["paste_back"]
     assert result.command == ("styleforge region apply --content=" + CONTENT + " --style style_coffee.png --size=64 --mask "
-                              "mask1.png --strength=0.5 --paste-back --output=result.png")
+                              "mask1.png --strength=0.5 --output=result.png")
     # the same line on the command line writes the same pixels
     from styleforge.cli.main import main as cli
 
@@ -300,7 +300,7 @@ def test_pair_train_then_apply_the_sessions_style(tmp_path, tiny_sd1_folder):
     ws = H.Workspace(tmp_path / "ws")
     server = H.ServerSettings(model=str(tiny_sd1_folder))
     style_dir = ws.new_folder("s", "styles", "digital illustration")
-    extra = {"style_start": 1, "content_rank": 4, "style_rank": 4, "resolution": 32, "lr": 1e-3, "quiet": True}
+    extra = {"style_start": 1, "content_rank": 4, "style_rank": 4, "resolution": 32, "lr": 1e-3, "progress": False}
     trained = H.pair_train(ws.new_job("s", "pair-train"), style_dir, server, CONTENT, STYLE, "digital illustration",
                            "scene", 2, 0, extra, H.upload_names([CONTENT, STYLE]))
     assert ws.styles("s") == [style_dir] and Path(trained.files[0]).name == "digital_illustration.zip"
@@ -340,7 +340,7 @@ def test_oneshot_train_then_apply_the_sessions_run(tmp_path):
     run_dir = ws.new_folder("s", "runs", "art")
     extra = {"model": str(tmp_path / "diffae"), "latent": str(tmp_path / "latent"), "clip": str(tmp_path / "clip"),
              "lpips_weight": 0, "batch_size": 2, "latent_steps": 5, "content_steps": 3, "encode_steps": 10,
-             "decode_steps": 4, "spn_time_input": "grid_index", "sample_every": 1, "no_progress": True, "device": "cpu"}
+             "decode_steps": 4, "spn_time_input": "grid_index", "sample_every": 1, "progress": False, "device": "cpu"}
     trained = H.oneshot_train(ws.new_job("s", "oneshot-train"), run_dir, H.ServerSettings(), photos[0], photos[1], 2, 0,
                               extra, H.upload_names(photos))
     assert ws.runs("s") == [run_dir] and trained.settings["iteration"] == 2 and trained.images
@@ -355,7 +355,7 @@ def test_oneshot_train_then_apply_the_sessions_run(tmp_path):
 def test_appearance_shows_transfer_strip_and_reconstructions(tmp_path, tiny_sd1_folder):
     """The page asks for every side output; a run too short to self-segment has no AdaIN masks and still succeeds."""
     result = H.appearance(tmp_path, H.ServerSettings(model=str(tiny_sd1_folder)), CONTENT, STYLE, None, None, "animal",
-                          "", "", 42, 6, {"skip_steps": 2, "no_cache": True, "size": 32, "save_strip": True,
+                          "", "", 42, 6, {"skip_steps": 2, "cache": False, "size": 32, "save_strip": True,
                                           "save_reconstructions": True, "save_masks": True}, H.upload_names([STYLE]))
     assert [c for _, c in result.images] == ["result", "appearance_recon", "strip", "structure_recon"]
     assert result.settings["method"] == "cross-image-attention" and "--appearance=style_coffee.png" in result.command

@@ -277,8 +277,10 @@ def region_tab(app: App) -> None:
             examples = gr.Column()
         with gr.Column(scale=2):
             edit(0)
-            strength = gr.Slider(0, 1, value=1.0, step=0.05, label="--strength", info=_help("region", "strength"))
-            paste_back = gr.Checkbox(value=False, label="--paste-back", info=_help("region", "paste_back"))
+            strength = gr.Slider(0, 1, value=H.parser_default("region", "strength"), step=0.05, label="--strength",
+                                 info=_help("region", "strength"))
+            paste_back = gr.Checkbox(value=bool(H.parser_default("region", "paste_back")), label="--paste-back",
+                                     info=_help("region", "paste_back"))
             seed = gr.Number(value=0, precision=0, label="--seed")
             with gr.Accordion("More edits (one style and mask each, applied in turn)", open=False):
                 for k in range(1, EDITS):

@@ -104,6 +104,11 @@ def shown_default(option: options.Option) -> Any:
     return default
 
 
+def parser_default(command: str, dest: str) -> Any:
+    """The default of one option of ``command``, as its parser declares it."""
+    return next(o.default for o in options.method_options(command) if o.dest == dest)
+
+
 def value_from_control(option: options.Option, raw: Any) -> Any:
     """The value to pass for ``option`` from its control, or None when it is left at the default."""
     kind = control_kind(option)
@@ -394,10 +399,10 @@ def region(job: Path, server: ServerSettings, content: str | None, styles: Seque
     values = {**server.values_for("region"), "content": content, "style": [s for s, _ in edits], **extra}
     if all(with_mask):
         values["mask"] = [m for _, m in edits]
-    if strength is not None and float(strength) != 1.0:
+    if strength is not None and float(strength) != parser_default("region", "strength"):
         values["strength"] = float(strength)
-    if paste_back:
-        values["paste_back"] = True
+    if paste_back is not None and bool(paste_back) != parser_default("region", "paste_back"):
+        values["paste_back"] = bool(paste_back)
     if seed is not None and int(seed) != 0:
         values["seed"] = int(seed)
     return run_command("region", values, job, names)
