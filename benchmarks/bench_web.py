@@ -1,5 +1,6 @@
 """The web page's costs: time from `styleforge serve` to a page that answers, the region request round trip over
-HTTP (Gradio's own client, as the page sends it), and the server's memory after 1 and after N region requests.
+HTTP (Gradio's own client, as the page sends it), and the server's memory (RSS) after 1, 10, 20, ... region
+requests.
 
     python benchmarks/bench_web.py [--requests 20] [--json out.json]
 
@@ -76,14 +77,13 @@ def main() -> None:
             t = time.monotonic()
             client.predict(editor, style, None, None, mask, None, None, 1.0, True, 0, *advanced, api_name="/region")
             times.append(time.monotonic() - t)
-            if i + 1 in (1, args.requests):
-                rss[i + 1] = rss_mb(proc.pid)
+            if i + 1 == 1 or (i + 1) % 10 == 0 or i + 1 == args.requests:
+                rss[i + 1] = round(rss_mb(proc.pid), 1)
         result = {
             "startup_s": round(startup, 2),
             "first_region_request_s": round(times[0], 3),
             "region_request_median_s": round(statistics.median(times[1:] or times), 3),
-            "rss_after_1_mb": round(rss[1], 1), f"rss_after_{args.requests}_mb": round(rss[args.requests], 1),
-            "requests": args.requests,
+            "rss_mb_after_requests": rss, "requests": args.requests,
         }
     finally:
         proc.terminate()
