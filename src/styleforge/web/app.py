@@ -593,18 +593,13 @@ def build_app(server: H.ServerSettings | None = None, workspace: H.Workspace | N
                     "same code as the `styleforge` command line. Every result comes with its PNG (metadata included) "
                     "and the equivalent command.")
         models_panel(app)
-        with gr.Tab("Region", elem_id="tab-region"):
-            region_tab(app)
-        with gr.Tab("Cross-Image Attention", elem_id="tab-appearance"):
-            appearance_tab(app)
-        with gr.Tab("Translate", elem_id="tab-translate"):
-            translate_tab(app)
-        with gr.Tab("Pair", elem_id="tab-pair"):
-            pair_tab(app)
-        with gr.Tab("One-shot", elem_id="tab-oneshot"):
-            oneshot_tab(app)
-        with gr.Tab("Compare", elem_id="tab-compare"):
-            compare_tab(app)
+        tabs = (("Region", "region", region_tab), ("Cross-Image Attention", "appearance", appearance_tab),
+                ("Translate", "translate", translate_tab), ("Pair", "pair", pair_tab),
+                ("One-shot", "oneshot", oneshot_tab), ("Compare", "compare", compare_tab))
+        for title, key, lay_out in tabs:
+            with gr.Tab(title, elem_id=f"tab-{key}"):
+                lay_out(app)
+
         def end_session(request: gr.Request):  # the page was closed: its run stops, its files go
             session = getattr(request, "session_hash", None)
             app.runner.cancel(session)
