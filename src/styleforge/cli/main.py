@@ -11,7 +11,8 @@ import traceback
 from .common import HelpFormatter, Parser
 
 # (module under styleforge.cli, its subcommands register themselves). Order = order in --help.
-SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "compare", "invert", "tiny_model", "cache"]
+SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "compare", "invert", "serve", "tiny_model",
+                                  "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:
