@@ -11,7 +11,8 @@ import traceback
 from .common import HelpFormatter
 
 # (module under styleforge.cli, its subcommands register themselves). Order = order in --help.
-SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "compare", "invert", "tiny_model"]
+SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "batch", "compare", "invert",
+                                  "tiny_model"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     # --debug may appear anywhere on the line, also after the subcommand
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # only `batch` takes more flags: the method's own, passed on to its parser
+        if not hasattr(args, "method_argv"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if "--" in extra:
+            extra.remove("--")
+        args.method_argv = extra
     args.debug = debug
     if not getattr(args, "func", None):
         parser.print_help()
