@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -46,12 +47,16 @@ class Job:
 # --------------------------------------------------------------------------------------------- method options
 
 
+@functools.lru_cache(maxsize=None)
 def _aliases(method: str) -> dict[str, str]:
-    """Column / key spellings -> option dest: the dest itself and the long flag without dashes."""
+    """Column / key spellings -> option dest: the dest itself and every flag without dashes (steps, paste_back)."""
     names = {}
-    for o in method_options(method):
-        names[o.dest] = o.dest
-        names[o.flag.lstrip("-").replace("-", "_")] = o.dest
+    for action in command_parser(method)._actions:
+        names[action.dest] = action.dest
+        for flag in action.option_strings:
+            if flag.startswith("--"):
+                names.setdefault(flag.lstrip("-").replace("-", "_"), action.dest)
+    names.pop("help", None)
     return names
 
 
@@ -184,6 +189,7 @@ def folder_rows(method: str, content_dir, style_dir=None, mask_dir=None, pairing
 # --------------------------------------------------------------------------------------------- jobs
 
 
+@functools.lru_cache(maxsize=None)
 def _is_repeatable(method: str) -> set[str]:
     return {o.dest for o in method_options(method) if o.repeatable or o.nargs in ("+", "*")}
 
