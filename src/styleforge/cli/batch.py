@@ -24,14 +24,15 @@ same bytes. A job's id hashes its input files' contents and its options: renamin
 changing an option does. A failing job (corrupt image, empty mask, NaN result) is recorded in OUT/failures.jsonl
 and the batch goes on; the exit status is 1 when any job failed.
 
-Several processes: accelerate launch [--num_processes N] [--cpu] -m styleforge batch METHOD ... shards the jobs
-so each runs exactly once; each process writes its own outputs and journal.
+Several processes: accelerate launch --multi_gpu --num_processes N -m styleforge batch METHOD ... (or torchrun
+--nproc_per_node N -m styleforge batch ...; without GPUs both run the processes on the CPU over gloo) shards the
+jobs so each runs exactly once; each process writes its own outputs and journal.
 
 examples:
   styleforge batch region -o out/ --content-dir photos/ --style-dir looks/ -- --strength 0.8 --size 256
   styleforge batch appearance -o out/ --manifest pairs.csv -- --domain animal --steps 50
   styleforge batch translate -o out/ --content-dir cats/ -- --source cat --target dog
-  accelerate launch --num_processes 4 -m styleforge batch region -o out/ --manifest jobs.jsonl --metrics ssim,lpips
+  accelerate launch --multi_gpu --num_processes 4 -m styleforge batch region -o out/ --manifest jobs.jsonl --metrics ssim,lpips
 """
 
 
