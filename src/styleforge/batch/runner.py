@@ -198,7 +198,6 @@ def run_job(method: str, job: Job, out: Path, rank: int = 0, unet: dict | None =
     try:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("always")
-            _quiet_progress_bars()
             run_method(method, {**job.values, "output": str(target)})
         entry["outputs"] = _publish(staging, out, job)
         entry["status"] = DONE
@@ -238,24 +237,24 @@ def _publish(staging: Path, out: Path, job: Job) -> list[dict]:
     return records
 
 
-def _quiet_progress_bars() -> None:
-    """Kept diffusers pipelines would draw a bar per job under the batch's own bar."""
-    from ..cli import common
-
-    for model in common._MODELS.values():
-        if hasattr(model, "set_progress_bar_config"):
-            model.set_progress_bar_config(disable=True)
-
-
 @contextlib.contextmanager
 def _unet_counter(enabled: bool):
+    """UNet calls and rows of every job; diffusers pipelines loaded meanwhile draw no bar of their own."""
     if not enabled:  # region: no UNet, and no reason to import diffusers
         yield {}
         return
+    from diffusers import DiffusionPipeline
+
     from ..diffusion.sampling import count_unet_calls
 
-    with count_unet_calls() as counts:
-        yield counts
+    had = "_progress_bar_config" in vars(DiffusionPipeline)
+    DiffusionPipeline._progress_bar_config = {"disable": True}  # the default of pipelines not configured otherwise
+    try:
+        with count_unet_calls() as counts:
+            yield counts
+    finally:
+        if not had:
+            del DiffusionPipeline._progress_bar_config
 
 
 @contextlib.contextmanager
