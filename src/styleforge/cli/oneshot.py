@@ -150,7 +150,8 @@ def _register_train(steps) -> None:
     g.add_argument("--t0-ratio", type=float, default=d.t0_ratio, help="encoding depth t0 / T")
     g.add_argument("--encode-steps", type=int, default=d.encode_steps, help="DDIM grid for encoding (T_train_for)")
     g.add_argument("--decode-steps", type=int, default=d.decode_steps, help="DDIM grid for decoding (T_train_back)")
-    g.add_argument("--plan", choices=("official", "consistent"), default=d.plan, help="decode from one stride below t0 (official) or from t0")
+    g.add_argument("--plan", choices=("official", "consistent"), default=d.plan,
+                   help="decode from one stride below t0 (official, the released recipe) or from t0 itself (ours)")
     g.add_argument("--latent-steps", type=int, default=d.latent_steps, help="latent DDIM steps for sampling content codes")
     g.add_argument("--content-steps", type=int, default=d.content_steps, help="DDIM steps for generating content faces")
     g.add_argument("--clamp", type=str2bool, default=d.clamp, help="clip x0 to [-1, 1]")
@@ -159,7 +160,8 @@ def _register_train(steps) -> None:
     g.add_argument("--gradient-checkpointing", action="store_true", help="recompute eps_B activations in backward (less memory, more time)")
     g = p.add_argument_group("SPN")
     g.add_argument("--spn", choices=("time", "plain", "none"), default=d.spn, help="time-conditioned SPN (official), time-free, or none")
-    g.add_argument("--spn-time-input", choices=("grid_index", "timestep"), default=d.spn_time_input, help="what the SPN's time input is")
+    g.add_argument("--spn-time-input", choices=("grid_index", "timestep"), default=d.spn_time_input,
+                   help="the SPN's time input: the decode grid index (official) or the timestep (ours, grid-independent)")
     g.add_argument("--spn-weight", type=float, default=d.spn_weight, help="lambda_SPN of the content branch")
     g.add_argument("--style-spn-weight", type=float, default=d.style_spn_weight, help="SPN weight of the style branch (official 1.0; paper: lambda)")
     g.add_argument("--zero-init-spn", action="store_true", help="zero the SPN's output conv (start from plain DiffAE)")
@@ -292,7 +294,9 @@ def _register_apply(steps) -> None:
     g.add_argument("--latent", default=DEFAULT_LATENT, help="latent checkpoint/folder (its code statistics, for --edit-space normalized)")
     g.add_argument("--latent-stats", default=None, help="latent.pkl with the code statistics")
     g.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP for the manipulation")
-    g.add_argument("--clip-preprocess", choices=("official", "proper"), default="official", help="CLIP input preprocessing")
+    g.add_argument("--clip-preprocess", choices=("official", "proper"), default="proper",
+                   help="CLIP input preprocessing of the text edit: bicubic + CLIP mean/std (proper; text directions need "
+                        "normalised inputs) or the official image-loss preprocessing (nearest resize, no normalisation)")
     add_common_args(p, model_default=None, model_help="DiffAE autoencoder (default: the one the run was trained from)",
                     output_help="output folder")
     p.set_defaults(func=run_apply)

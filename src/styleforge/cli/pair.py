@@ -59,7 +59,9 @@ def _register_train(actions) -> None:
     g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (official code)")
     g.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1")
     g.add_argument("--adam-beta2", type=float, default=0.999, help="AdamW beta2")
-    g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
+    g.add_argument("--adam-eps", type=float, default=1e-8,
+                   help="AdamW epsilon; 4e-8 reproduces the official launch bit for bit (it divides each loss by its "
+                        "gradient accumulation 4, which for Adam equals eps x 4)")
     g.add_argument("--max-grad-norm", type=_optional_float, default=None, help="gradient clipping (official: none)")
     g.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto", help="frozen weights in half precision, LoRA in fp32 (auto: fp16 on CUDA)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations (less memory, slower)")
@@ -76,7 +78,7 @@ def _register_train(actions) -> None:
     g.add_argument("--validate-at", type=_int_list, default=(), help="comma-separated iterations after which to write validation images")
     g.add_argument("--validation-steps", type=int, default=25, help="DDIM steps of the validation images")
     g.add_argument("--validation-guidance-scale", type=float, default=7.5, help="CFG of the validation images")
-    g.add_argument("--save-content", action="store_true", help="also export the content adapter (content.safetensors)")
+    g.add_argument("--save-content", action="store_true", help="also export the content adapter (STYLE_DIR/content/, a style folder of its own)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="style folder to write (style.safetensors, style.json, checkpoints/)")
     p.set_defaults(func=run_train)
@@ -89,20 +91,32 @@ def _register_apply(actions) -> None:
                            description="Style guidance (paper Eq. 10/11) on the unmodified base model. Several --style "
                                        "flags blend styles, each with its --style-scale.", formatter_class=HelpFormatter)
     g = p.add_argument_group("inputs")
-    g.add_argument("--style", action="append", required=True, dest="styles", help="style folder or .safetensors (repeat to blend)")
+    g.add_argument("--style", action="append", required=True, dest="styles",
+                   help="style folder or LoRA .safetensors (repeat to blend): a styleforge style, or a diffusers-format "
+                        "LoRA such as the official script's pytorch_lora_weights.safetensors (then give --style-word)")
+    g.add_argument("--style-word", action="append", default=None, dest="style_words",
+                   help="the words of the style suffix 'in <WORDS> style' (official: INSTANCE_PROMPT_STYLE without "
+                        "'in'/'style'); one for all styles or one per --style; overrides a style's own word")
     g.add_argument("--prompt", required=True, help="what to generate (for --image: a description of the photo)")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: empty; for --image: the prompt itself, which cancels the CFG term)")
     g.add_argument("--image", default=None, help="restyle this photo through DDIM inversion instead of generating")
     g = p.add_argument_group("guidance")
-    g.add_argument("--style-scale", type=float, nargs="+", default=[3.0], help="lambda_style, one for all styles or one per --style")
+    g.add_argument("--style-scale", type=float, nargs="+", default=[3.0],
+                   help="lambda_style, one for all styles or one per --style (official pipeline default 3; its example script 4)")
     g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: 7.5 SD 1.x, 5 SDXL)")
-    g.add_argument("--style-start", type=int, default=None, help="plain-CFG steps before style guidance (default: 10; 0 with --image)")
-    g.add_argument("--style-start-timestep", type=int, default=None, help="instead: plain CFG while t > this (official code: 800)")
+    g.add_argument("--style-start", type=int, default=None,
+                   help="plain-CFG steps before style guidance (default 0: the official code guides from the first step; "
+                        "the paper's structure lock is 10 of 50)")
+    g.add_argument("--style-start-timestep", type=int, default=None,
+                   help="instead: plain CFG while t > this (the official start_LoRA_step=800 acts only on its LoRA-scale "
+                        "path, --mode lora_scale, not on style guidance)")
     g.add_argument("--lora-scale", type=float, default=1.0, help="strength of the style adapter inside the style pass")
     g.add_argument("--mode", choices=("style_guidance", "lora_scale"), default="style_guidance",
                    help="style guidance (Eq. 10) or the LoRA-scale baseline (Eq. 3: --style-scale is the LoRA strength)")
     g.add_argument("--steps", type=int, default=50, help="sampling steps")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="pndm", help="sampler (--image always uses DDIM)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="euler",
+                   help="sampler: euler = the official code (SDXL's own scheduler), pndm = the paper and SD 1.5's stock "
+                        "sampler (--image always uses DDIM)")
     g.add_argument("--height", type=int, default=None, help="default: the model's resolution")
     g.add_argument("--width", type=int, default=None, help="default: the model's resolution")
     g = p.add_argument_group("outputs")
@@ -170,6 +184,15 @@ def run_apply(args) -> int:
     from .common import load_pipeline
 
     styles = [StyleAdapter.load(s) for s in args.styles]  # bad style paths fail before the model loads
+    words = args.style_words or []
+    if len(words) not in (0, 1, len(styles)):
+        raise InputError(f"give one --style-word for all styles or one per --style ({len(styles)})")
+    for style, word in zip(styles, words * len(styles) if len(words) == 1 else words):
+        style.metadata["style_word"] = word
+    wordless = [s for s, style in zip(args.styles, styles) if not style.style_word]
+    if wordless:
+        raise InputError(f"{wordless[0]} carries no style word (a LoRA saved outside styleforge): pass --style-word, "
+                         "e.g. --style-word 'digital art' for the official suffix 'in digital art style'")
     inputs = [args.image] if args.image else []
     if args.image:
         load_image(args.image, name="image")

@@ -33,7 +33,7 @@ from ..diffusion.prompts import Conditioning
 from ..errors import InputError, OutputError
 from ..io import ImageLike, load_image, make_strip, pil_to_tensor, save_image
 from .adapters import CONTENT, DEFAULT_BASIS_SEED, DEFAULT_TARGETS, STYLE, UNetAdapters, attach_pair_adapters
-from .style_io import CONTENT_WEIGHTS, STYLE_WEIGHTS, StyleAdapter, atomic_dir, atomic_write, style_prompt
+from .style_io import CONTENT_DIR, STYLE_WEIGHTS, StyleAdapter, atomic_dir, atomic_write, style_prompt
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 CHECKPOINTS = "checkpoints"
@@ -78,7 +78,7 @@ class PairCustomizationConfig:
     validation_steps: int = 25
     validation_guidance_scale: float = 7.5
     validation_seed: int = 0
-    save_content: bool = False  # also export the content adapter (content.safetensors)
+    save_content: bool = False  # also export the content adapter (content/style.safetensors)
 
     @property
     def style_prompt(self) -> str:
@@ -379,7 +379,7 @@ class PairCustomizationTrainer:
         if out is not None and self.iteration >= cfg.iterations:
             result.style.save(out)
             if result.content is not None:
-                result.content.save(out, weights_name=CONTENT_WEIGHTS, meta_name=None)
+                result.content.save(out / CONTENT_DIR)  # its own folder: the style folder keeps one LoRA file
             atomic_write(out / "losses.json", lambda tmp: Path(tmp).write_text(json.dumps(self.history)))
         return result
 
