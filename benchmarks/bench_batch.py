@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks of ``styleforge batch``.
 
-1. ``region``: the bundled region model at 256 px on N content x style jobs: jobs/s of one ``styleforge batch``
+1. ``region``: the bundled region model at ``--size`` (256 px) on N content x style jobs: jobs/s of one ``styleforge batch``
    process (start-up and model load included) against separate ``styleforge region apply`` processes (``--separate``
    of them are timed, the rest extrapolated). ``--strip false`` for both.
 2. ``forward``: what batching several region jobs through one forward would gain: RegionStylizer's tensor path
@@ -74,16 +74,16 @@ def bench_region(args) -> dict:
         jobs = n_contents * n_styles
         batch_seconds = _timed([sys.executable, "-m", "styleforge", "batch", "region", "-o", str(tmp / "batch"),
                                 "--content-dir", str(cdir), "--style-dir", str(sdir), "--no-progress", "--",
-                                "--size", "256", "--strip", "false"], _env(args.threads))
+                                "--size", str(args.size), "--strip", "false"], _env(args.threads))
         contents, styles = sorted(cdir.iterdir()), sorted(sdir.iterdir())
         separate = []
         for i in range(args.separate):
             separate.append(_timed([sys.executable, "-m", "styleforge", "region", "apply", "--content",
                                     str(contents[i % len(contents)]), "--style", str(styles[i % len(styles)]),
-                                    "--size", "256", "--strip", "false", "-o", str(tmp / "sep" / f"{i}.png")],
+                                    "--size", str(args.size), "--strip", "false", "-o", str(tmp / "sep" / f"{i}.png")],
                                    _env(args.threads)))
     per_call = sum(separate) / len(separate)
-    result = {"jobs": jobs, "batch_seconds": batch_seconds, "batch_jobs_per_s": jobs / batch_seconds,
+    result = {"jobs": jobs, "size": args.size, "batch_seconds": batch_seconds, "batch_jobs_per_s": jobs / batch_seconds,
               "separate_calls_timed": len(separate), "separate_seconds_per_call": per_call,
               "separate_jobs_per_s": 1 / per_call, "separate_seconds_extrapolated": per_call * jobs,
               "speedup": per_call * jobs / batch_seconds}
@@ -168,12 +168,12 @@ def bench_appearance(args) -> dict:
 def bench_scale(args) -> dict:
     n_styles = 10
     n_contents = max(1, args.jobs // n_styles)
-    result = {"jobs": n_contents * n_styles}
+    result = {"jobs": n_contents * n_styles, "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cdir, sdir = make_inputs(tmp / "in", n_contents, n_styles)
         tail = ["batch", "region", "--content-dir", str(cdir), "--style-dir", str(sdir), "--no-progress", "--", "--size",
-                "256", "--strip", "false", "--device", "cpu"]
+                str(args.size), "--strip", "false", "--device", "cpu"]
         for name, launcher, threads in (
             ("1 process, 1 thread", [sys.executable, "-m", "styleforge"], 1),
             ("1 process, 2 threads", [sys.executable, "-m", "styleforge"], 2),
@@ -191,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("region", "forward", "appearance", "scale"))
     parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--size", type=int, default=256, help="region working size (region, scale)")
     parser.add_argument("--separate", type=int, default=10, help="separate region apply processes timed")
     parser.add_argument("--batch", type=int, default=8, help="images per forward (forward)")
     parser.add_argument("--repeats", type=int, default=3)

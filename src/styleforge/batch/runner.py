@@ -121,15 +121,11 @@ def run(method: str, output: str | os.PathLike, *, manifest=None, content_dir=No
     state = read_state(out)
     ranks.barrier()  # every rank has read the same state before any rank journals a new job
     ids = Counter(job.id for job in jobs)  # equal ids: equal input contents and options under other names
-    todo, skipped, failed_before = [], [], []
-    for job in jobs:
-        entry = job_entry(state, job.id, job.name, ids[job.id] == 1)
-        if entry is not None and entry["status"] == DONE:
-            skipped.append(job)
-        elif entry is not None and entry["status"] == FAILED and not retry_failed:
-            failed_before.append(job)
-        else:
-            todo.append(job)
+    entries = {job.index: job_entry(state, job.id, job.name, ids[job.id] == 1) or {} for job in jobs}
+    status = {j.index: entries[j.index].get("status") for j in jobs}
+    skipped = [j for j in jobs if status[j.index] == DONE]
+    failed_before = [j for j in jobs if status[j.index] == FAILED and not retry_failed]
+    todo = [j for j in jobs if status[j.index] is None or (status[j.index] == FAILED and retry_failed)]
     summary = Summary(method, str(out), total=len(jobs), skipped=len(skipped), world_size=ranks.world)
     if dry_run:
         summary.pending = len(todo)
