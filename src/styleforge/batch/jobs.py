@@ -14,12 +14,13 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InputError
-from ..options import METHODS, RUN_OPTIONS, command_parser, get_method, make_args, method_options
+from ..options import METHODS, RUN_OPTIONS, command_parser, get_method, method_options, to_argv
 
 #: manifest columns that are not options: the output name of the row (relative to the batch folder)
 NAME_COLUMNS = ("name", "output")
@@ -38,6 +39,7 @@ class Job:
     where: str  # where the job came from, for messages ("jobs.csv line 4")
     id: str = ""
     inputs: list[str] = field(default_factory=list)  # its input files (never overwritten)
+    argv: list[str] = field(default_factory=list)  # its command's flags, output excluded (options.to_argv)
 
     @property
     def short(self) -> str:
@@ -94,6 +96,20 @@ def given_options(method: str, argv: Sequence[str]) -> dict[str, Any]:
             raise InputError(f"--{dest} is the batch's own option: give it before the method options (styleforge batch "
                              f"{method} -o OUT ...); each job's output is named after its inputs or the manifest's name column")
     return values
+
+
+@functools.lru_cache(maxsize=None)
+def _parser(method: str) -> argparse.ArgumentParser:
+    return command_parser(method)  # only ever used to parse: one per method, not one per job
+
+
+def parse_job(method: str, argv: Sequence[str], output: str) -> argparse.Namespace:
+    """``options.make_args`` for a job's flags plus its output: the method's own parser and checks, built once."""
+    tokens = [*argv, f"--output={output}"]
+    args = _parser(method).parse_args(tokens)
+    args.debug = False
+    args.command_line = "styleforge " + " ".join(shlex.quote(t) for t in (*get_method(method).words, *tokens))
+    return args
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -301,12 +317,13 @@ def build_jobs(method: str, rows: Iterable[tuple[str, Mapping[str, Any]]], optio
                 if not Path(f).is_file():
                     raise InputError(f"{where}: input file not found: {f}")
         try:
-            args = make_args(method, {**values, "output": "job.png"})
+            argv = to_argv(method, values)[len(get_method(method).words):]
+            args = parse_job(method, argv, "job.png")
         except InputError as e:
             raise InputError(f"{where}: {e}") from None
         inputs = [f for d in METHODS[method].inputs for f in _as_list(getattr(args, d, None))]
         key = job_key(method, args, hashes)
-        jobs.append(Job(index, values, _clean_name(name, where) if name else "", where, job_id(key), inputs))
+        jobs.append(Job(index, values, _clean_name(name, where) if name else "", where, job_id(key), inputs, argv))
     _name_jobs(method, jobs)
     return jobs
 

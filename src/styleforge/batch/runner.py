@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import InputError
-from ..options import METHODS, command_line, run_method
-from .jobs import Job, build_jobs, folder_rows, read_manifest
+from ..options import METHODS
+from .jobs import Job, build_jobs, folder_rows, parse_job, read_manifest
 from .state import DONE, FAILED, Journal, batch_dir, file_record, job_entry, read_state
 
 SUMMARY_FILE = "summary.json"
@@ -132,8 +132,8 @@ def run(method: str, output: str | os.PathLike, *, manifest=None, content_dir=No
         summary.failed = len(failed_before)
         if ranks.rank == 0:
             for job in todo:
-                echo(f"would run {job.short} {job.name}.png  <- {job.where}: "
-                     f"{command_line(method, {**job.values, 'output': str(out / (job.name + '.png'))})}")
+                line = parse_job(method, job.argv, str(out / f"{job.name}.png")).command_line
+                echo(f"would run {job.short} {job.name}.png  <- {job.where}: {line}")
             echo(f"{method}: {len(todo)} to run, {len(skipped)} done before, {len(failed_before)} failed before "
                  f"(--retry-failed reruns them), of {len(jobs)} jobs")
         return summary
@@ -194,7 +194,8 @@ def run_job(method: str, job: Job, out: Path, rank: int = 0, unet: dict | None =
     try:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("always")
-            run_method(method, {**job.values, "output": str(target)})
+            args = parse_job(method, job.argv, str(target))
+            args.func(args)  # the command's own code (options.run_method without re-building the parser)
         entry["outputs"] = _publish(staging, out, job)
         entry["status"] = DONE
         if caught:
