@@ -3,7 +3,7 @@
 
 1. ``region``: the bundled region model at ``--size`` (256 px) on N content x style jobs: jobs/s of one ``styleforge batch``
    process (start-up and model load included) against separate ``styleforge region apply`` processes (``--separate``
-   of them are timed, the rest extrapolated). ``--strip false`` for both.
+   of them are timed, the rest extrapolated). ``--no-save-strip`` for both.
 2. ``forward``: what batching several region jobs through one forward would gain: RegionStylizer's tensor path
    on B images in one call against B calls of one image, at 256 px.
 3. ``appearance``: Cross-Image Attention on a tiny random SD model, 1 structure x 4 appearances: UNet rows and
@@ -74,13 +74,13 @@ def bench_region(args) -> dict:
         jobs = n_contents * n_styles
         batch_seconds = _timed([sys.executable, "-m", "styleforge", "batch", "region", "-o", str(tmp / "batch"),
                                 "--content-dir", str(cdir), "--style-dir", str(sdir), "--no-progress", "--",
-                                "--size", str(args.size), "--strip", "false"], _env(args.threads))
+                                "--size", str(args.size), "--no-save-strip"], _env(args.threads))
         contents, styles = sorted(cdir.iterdir()), sorted(sdir.iterdir())
         separate = []
         for i in range(args.separate):
             separate.append(_timed([sys.executable, "-m", "styleforge", "region", "apply", "--content",
                                     str(contents[i % len(contents)]), "--style", str(styles[i % len(styles)]),
-                                    "--size", str(args.size), "--strip", "false", "-o", str(tmp / "sep" / f"{i}.png")],
+                                    "--size", str(args.size), "--no-save-strip", "-o", str(tmp / "sep" / f"{i}.png")],
                                    _env(args.threads)))
     per_call = sum(separate) / len(separate)
     result = {"jobs": jobs, "size": args.size, "batch_seconds": batch_seconds, "batch_jobs_per_s": jobs / batch_seconds,
@@ -175,7 +175,7 @@ def bench_scale(args) -> dict:
         tmp = Path(tmp)
         cdir, sdir = make_inputs(tmp / "in", n_contents, n_styles)
         tail = ["batch", "region", "--content-dir", str(cdir), "--style-dir", str(sdir), "--no-progress", "--", "--size",
-                str(args.size), "--strip", "false", "--device", "cpu"]
+                str(args.size), "--no-save-strip", "--device", "cpu"]
         for name, launcher, threads in (
             ("1 process, 1 thread", [sys.executable, "-m", "styleforge"], 1),
             ("1 process, 2 threads", [sys.executable, "-m", "styleforge"], 2),

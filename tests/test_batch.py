@@ -21,7 +21,7 @@ from styleforge.errors import InputError
 from styleforge.io import read_metadata
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-REGION = {"size": 64, "strip": "false"}
+REGION = {"size": 64, "save_strip": False}
 
 
 def _image(path, seed, size=(48, 40)):
@@ -150,13 +150,13 @@ def test_outputs_are_the_commands_own_and_manifest_columns_override(tmp_path, fo
     csv.write_text("content,style,strength\nc/c0.png,s/s0.png,\nc/c1.png,s/s1.png,1.0\n")
     out = tmp_path / "out"
     assert main(["batch", "region", "-o", str(out), "--manifest", str(csv), "--no-progress", "--strength", "0.5",
-                 "--", "--size", "64", "--strip", "false"]) == 0
+                 "--", "--size", "64", "--no-save-strip"]) == 0
     assert read_metadata(out / "c0__s0.png")["strength"] == 0.5
     assert read_metadata(out / "c1__s1.png")["strength"] == 1.0
     assert "region: 2 done, 0 skipped" in capsys.readouterr().out
     single = tmp_path / "single.png"
     assert main(["region", "apply", "--content", str(contents[0]), "--style", str(styles[0]), "--strength", "0.5",
-                 "--size", "64", "--strip", "false", "-o", str(single)]) == 0
+                 "--size", "64", "--no-save-strip", "-o", str(single)]) == 0
     assert single.read_bytes() == (out / "c0__s0.png").read_bytes()  # exactly what the command writes
     summary = batch.run("region", out, manifest=csv, options={"strength": 0.5, **REGION}, dry_run=True, echo=lambda s: None)
     assert (summary.pending, summary.skipped) == (0, 2)
@@ -217,15 +217,16 @@ def test_a_bad_input_or_result_fails_only_its_job(tmp_path, folders, monkeypatch
                    "c/c2.png,s/s1.png,m.png,,good2\n")
     from styleforge.region import inference
 
-    original = inference.apply_edits
+    original = inference.edit
 
     def nan_at_quarter_strength(*args, **kwargs):
         result = original(*args, **kwargs)
-        return result * float("nan") if kwargs.get("strength") == 0.25 else result
+        strength = args[5] if len(args) > 5 else kwargs.get("strength")
+        return result * float("nan") if strength == 0.25 else result
 
-    monkeypatch.setattr(inference, "apply_edits", nan_at_quarter_strength)
+    monkeypatch.setattr(inference, "edit", nan_at_quarter_strength)
     out = tmp_path / "out"
-    command = ["batch", "region", "-o", str(out), "--manifest", str(csv), "--no-progress", "--size", "64", "--strip", "false"]
+    command = ["batch", "region", "-o", str(out), "--manifest", str(csv), "--no-progress", "--size", "64", "--no-save-strip"]
     assert main(command) == 1
     printed = capsys.readouterr().out
     assert "2 done, 0 skipped (done before), 3 failed" in printed
@@ -237,7 +238,7 @@ def test_a_bad_input_or_result_fails_only_its_job(tmp_path, folders, monkeypatch
     assert failures["corrupt"]["where"] == "jobs.csv line 3"
     assert main(command) == 1  # failed jobs are not retried unless asked
     assert "0 done, 2 skipped (done before), 3 failed" in capsys.readouterr().out
-    monkeypatch.setattr(inference, "apply_edits", original)
+    monkeypatch.setattr(inference, "edit", original)
     assert main(command + ["--retry-failed"]) == 1
     assert "1 done, 2 skipped (done before), 2 failed" in capsys.readouterr().out  # the NaN job now succeeds
     assert sum(e["status"] == "failed" for e in _journal(out)) == 5
@@ -250,7 +251,7 @@ def test_two_processes_run_every_job_exactly_once(tmp_path, folders):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
                "-m", "styleforge", "batch", "region", "-o", str(out), "--content-dir", str(cdir), "--style-dir", str(sdir),
-               "--no-progress", "--", "--size", "64", "--strip", "false", "--device", "cpu"]
+               "--no-progress", "--", "--size", "64", "--no-save-strip", "--device", "cpu"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     entries = _journal(out)
@@ -292,7 +293,7 @@ def test_metrics_json(tmp_path, folders, capsys):
     cdir, sdir, contents, styles = folders
     out = tmp_path / "out"
     assert main(["batch", "region", "-o", str(out), "--content-dir", str(cdir), "--style-dir", str(sdir),
-                 "--no-progress", "--metrics", "ssim,psnr", "--size", "64", "--strip", "false"]) == 0
+                 "--no-progress", "--metrics", "ssim,psnr", "--size", "64", "--no-save-strip"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"ssim", "psnr"} and len(metrics["ssim"]["per_job"]) == 6
     from styleforge.metrics import ssim

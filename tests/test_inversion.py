@@ -63,10 +63,11 @@ def test_edit_friendly_shapes_marginals_and_last_map(sd1_components, scheduler):
     assert inv.latents.shape == (K + 1, 4, 16, 16) and inv.noise.shape == (K, 4, 16, 16)
     assert torch.equal(inv.latents[K], x0[0])
     assert inv.noise[K - 1].abs().sum() == 0
-    draws = torch.randn((K, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    draws = [torch.randn((1, 4, 16, 16), generator=g) for _ in range(K)]  # the official order: least noisy first
     a0 = alpha_bar(scheduler, inv.timesteps[0])
-    # the first latent is never rewritten: it is exactly the direct noising of x0 with the first draw
-    assert torch.allclose(inv.latents[0], a0.sqrt() * x0[0] + (1 - a0).sqrt() * draws[0], atol=1e-6)
+    # the noisiest latent is never rewritten: it is exactly the direct noising of x0 with the last draw
+    assert torch.allclose(inv.latents[0], a0.sqrt() * x0[0] + (1 - a0).sqrt() * draws[-1][0], atol=1e-6)
 
 
 @pytest.mark.parametrize("freeu", ["off", "cia_backbone"])
@@ -141,7 +142,7 @@ def test_save_load_round_trip(tmp_path, scheduler):
 def test_cache_keys_on_content_and_settings(tmp_path, scheduler):
     cache = InversionCache(tmp_path)
     eps = lambda x, t: torch.zeros_like(x)  # noqa: E731
-    fields = dict(prompt="p", negative_prompt="", guidance_scale=1.0, seed=0, model_id="m", extra={})
+    fields = dict(prompt="p", negative_prompt="", guidance_scale=1.0, seed=0, model_id="m", weights="w", extra={})
     img_a, img_b = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
     inv = ddim_invert(eps, _x0(), scheduler, K, image_hash=inv_mod.image_hash(img_a), **fields)
     cache.put(inv)
@@ -151,3 +152,4 @@ def test_cache_keys_on_content_and_settings(tmp_path, scheduler):
     assert cache.get(image_hash=inv_mod.image_hash(img_a), **dict(key, seed=1)) is None  # other seed
     assert cache.get(image_hash=inv_mod.image_hash(img_a), **dict(key, prompt="q")) is None
     assert cache.get(image_hash=inv_mod.image_hash(img_a), **dict(key, num_inference_steps=20)) is None
+    assert cache.get(image_hash=inv_mod.image_hash(img_a), **dict(key, weights="other")) is None  # other weights

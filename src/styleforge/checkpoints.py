@@ -107,7 +107,8 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     try:
         with torch.serialization.safe_globals(stand_ins):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated files, legacy pickles naming other globals, not a torch file at all
-        raise ModelNotFoundError(f"{what} could not be read as a weights-only PyTorch file: {path} "
-                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception:  # truncated files, legacy pickles naming other globals, not a torch file at all
+        # one line: torch's own multi-line text would suggest weights_only=False, the unsafe way
+        raise ModelNotFoundError(f"{path} is damaged or not a {what} file (it cannot be read as a weights-only "
+                                 "PyTorch file)") from None
     return _plain(obj) if stand_ins else obj

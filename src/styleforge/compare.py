@@ -1,9 +1,10 @@
 """Side-by-side comparison of stylization methods: run them on the same inputs, or collect their outputs, and
 write a report (an image grid, a metrics table, as Markdown and as a self-contained HTML page).
 
-One seed policy for every method: every input is centre-cropped and resized once to ``size`` x ``size`` and
-saved under ``OUT/inputs/``; every method gets those same files, the same ``size`` and the same seed (``seed``
-for every pair, or ``seed + pair index`` with ``seed_policy="per-pair"``).
+One seed policy for every method: every input is saved once under ``OUT/inputs/`` (as it is, or centre-cropped
+and resized to ``size`` x ``size`` when a ``size`` is given); every method gets those same files, the same
+``size`` (None: each method works at its own native size) and the same seed (``seed`` for every pair, or
+``seed + pair index`` with ``seed_policy="per-pair"``). Metrics compare centre crops at ``metric_size``.
 
 Methods are looked up in a registry: a name -> a function
 ``(content_path, reference_path, out_path, seed, size, options) -> None`` that writes one PNG to ``out_path``.
@@ -23,7 +24,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -47,12 +48,16 @@ class Method:
     name: str
     run: MethodFn
     description: str = ""
+    options: tuple[str, ...] | None = None  # the method's own option names (None: not declared, anything goes)
 
 
 _REGISTRY: dict[str, Method] = {}
+#: options every method takes (also per method, e.g. region.model=FOLDER)
+SHARED_OPTIONS = ("model", "device", "dtype", "offline")
 
 
-def register_method(name: str, fn: MethodFn | None = None, *, description: str = "", replace: bool = False):
+def register_method(name: str, fn: MethodFn | None = None, *, description: str = "", replace: bool = False,
+                    options: Sequence[str] | None = None):
     """Register ``fn`` under ``name`` (usable as a decorator: ``@register_method("mine")``)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"method names are letters, digits, '_', '-', '.': {name!r}")
@@ -60,7 +65,8 @@ def register_method(name: str, fn: MethodFn | None = None, *, description: str =
     def add(f: MethodFn) -> MethodFn:
         if name in _REGISTRY and not replace:
             raise ValueError(f"a method named {name!r} is already registered (pass replace=True)")
-        _REGISTRY[name] = Method(name, f, description or (f.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = Method(name, f, description or (f.__doc__ or "").strip().split("\n")[0],
+                                 None if options is None else tuple(options))
         return f
 
     return add(fn) if fn is not None else add
@@ -84,22 +90,43 @@ _REGION_CACHE: dict = {}
 
 
 def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, options: dict) -> None:
-    """Region-wise stylizer (TCP), global transfer (or the region under option ``mask``); deterministic."""
+    """Region-wise stylizer (TCP), global transfer (or the region under option ``mask``); deterministic.
+
+    The model works at its training size and its edit is lifted onto the input as given (``size`` x ``size`` when
+    compare was given one; guided
+    lift, as ``styleforge region apply``); options ``detail``, ``lift_radius``, ``lift_eps``, ``lift_sigma``,
+    ``lift_prior``, ``working_size`` (the model's working resolution) and ``paste_back`` change that."""
     from .io import save_image
-    from .region.inference import RegionStylizer
+    from .region.inference import RegionStylizer, lift_settings
+    from .region.lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA
 
     key = (str(options.get("model")), str(options.get("device", "auto")), str(options.get("dtype", "fp32")))
     if key not in _REGION_CACHE:
         _REGION_CACHE[key] = RegionStylizer.from_pretrained(options.get("model"), device=options.get("device", "auto"),
                                                             dtype=options.get("dtype", "fp32"))
     stylizer = _REGION_CACHE[key]
+    settings = lift_settings("native", options.get("detail", "guided"), _number(options.get("lift_radius", DEFAULT_RADIUS)),
+                             float(options.get("lift_eps", DEFAULT_EPS)), options.get("lift_prior", "global"),
+                             float(options.get("lift_sigma", DEFAULT_SIGMA)))
+    working = options.get("working_size")
+    paste_back = options.get("paste_back", True)
+    if isinstance(paste_back, str):
+        from .cli.common import str2bool
+
+        paste_back = str2bool(paste_back)
     image = stylizer(content, style=reference, mask=options.get("mask"), strength=float(options.get("strength", 1.0)),
-                     paste_back=bool(options.get("paste_back", False)), size=size)
+                     paste_back=bool(paste_back), size=int(working) if working else None,
+                     output_size="native", detail=settings["detail"], lift_radius=settings["radius"],
+                     lift_eps=settings["eps"], lift_prior=settings["prior"], lift_sigma=settings["sigma"])
     save_image(image, out, overwrite=True, inputs=[content, reference],
-               metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size})
+               metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size,
+                         "working_size": int(working) if working else stylizer.image_size, **settings})
 
 
-register_method("region", run_region, description="region-wise photorealistic stylizer (TCP); options: model, strength, mask")
+register_method("region", run_region, description="region-wise photorealistic stylizer (TCP), lifted to the input size; "
+                                                  "options: model, strength, mask, detail, lift_radius, lift_eps",
+                options=("strength", "mask", "paste_back", "detail", "lift_radius", "lift_eps", "lift_sigma", "lift_prior",
+                         "working_size"))
 
 _PIPELINE_CACHE: dict = {}
 
@@ -140,7 +167,8 @@ def run_cross_image(content: Path, reference: Path, out: Path, seed: int, size: 
 
 
 register_method("cross-image", run_cross_image,
-                description="Cross-Image Attention (zero-shot, Stable Diffusion); options: model, domain, num_inference_steps, ...")
+                description="Cross-Image Attention (zero-shot, Stable Diffusion); options: model, domain, num_inference_steps, ...",
+                options=_CROSS_IMAGE_CALL_OPTIONS)
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -207,7 +235,11 @@ def _pairs_from_folder(folder: Path) -> list[Pair]:
 
 def _pairs_from_list(path: Path) -> list[Pair]:
     pairs = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        raise InputError(f"{path} is not a text list of pairs (one 'content reference' line each)") from None
+    for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -263,7 +295,8 @@ class Report:
     cells: dict[str, list[Cell]]
     inputs: list[tuple[Path, Path]]  # prepared (content, reference) per pair
     seeds: list[int]
-    size: int
+    size: int | None  # the common working size, or None: each method's native size
+    metric_size: int = 256  # metrics and thumbnails compare centre crops of this side
     metrics: dict = field(default_factory=dict)  # method -> metric -> {"value": mean or set value, "values": per pair}
     metric_notes: dict = field(default_factory=dict)  # metric -> why it is missing
     metric_mode: str = "pretrained"
@@ -271,21 +304,14 @@ class Report:
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"could not write {path}: {e}") from None
+    from .io import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 
-def _prepare_inputs(pairs: Sequence[Pair], out_dir: Path, size: int, overwrite: bool) -> list[tuple[Path, Path]]:
+def _prepare_inputs(pairs: Sequence[Pair], out_dir: Path, size: int | None, overwrite: bool) -> list[tuple[Path, Path]]:
     from .io import center_crop_resize, load_image, save_image
 
     prepared = []
@@ -293,7 +319,8 @@ def _prepare_inputs(pairs: Sequence[Pair], out_dir: Path, size: int, overwrite: 
         paths = []
         for role, src in (("content", p.content), ("reference", p.reference)):
             dst = out_dir / "inputs" / f"{p.name}.{role}.png"
-            img = center_crop_resize(load_image(src, name=f"{role} image"), size)
+            img = load_image(src, name=f"{role} image")
+            img = center_crop_resize(img, size) if size else img
             save_image(img, dst, overwrite=overwrite, inputs=[p.content, p.reference], metadata={"source": str(src), "size": size})
             paths.append(dst)
         prepared.append((paths[0], paths[1]))
@@ -308,7 +335,7 @@ def compare(
     outputs: Mapping[str, str | os.PathLike] | None = None,
     seed: int = 0,
     seed_policy: str = "same",
-    size: int = 256,
+    size: int | None = None,
     options: Mapping[str, dict] | None = None,
     shared_options: Mapping | None = None,
     metrics: Sequence[str] | None = None,
@@ -323,14 +350,14 @@ def compare(
     :data:`~styleforge.metrics.suite.DEFAULT_METRICS`; ``[]`` for none); ``suite``: a
     :class:`~styleforge.metrics.suite.MetricSuite` (networks, weights, random mode).
     """
-    from tqdm.auto import tqdm
-
-    from .metrics.suite import DEFAULT_METRICS, METRICS, MetricSuite
+    from .io import check_not_an_input
+    from .metrics.suite import DEFAULT_METRICS, METRICS
 
     if seed_policy not in SEED_POLICIES:
         raise InputError(f"seed policy must be one of {SEED_POLICIES}, got {seed_policy!r}")
-    if size < 16:
-        raise InputError(f"--size must be at least 16 pixels, got {size}")
+    from .validation import Number, MAX_WORKING_SIDE
+
+    Number(int, 16, MAX_WORKING_SIDE, optional=True, what="a size in pixels").check(size, "size")
     outputs = dict(outputs or {})
     methods = list(methods)
     if not methods and not outputs:
@@ -347,6 +374,7 @@ def compare(
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; available: {', '.join(METRICS)}")
+    _check_method_options(methods, options or {})
     pairs = load_pairs(pairs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -354,7 +382,49 @@ def compare(
     existing = [f for f in REPORT_FILES if (out_dir / f).exists()]
     if existing and not overwrite:
         raise OutputError(f"{out_dir} already holds a report ({', '.join(existing)}); pass --overwrite to replace it")
+    for p in pairs:
+        check_not_an_input(out_dir, [p.content, p.reference])
     matched = {name: match_outputs(folder, pairs) for name, folder in outputs.items()}
+    before = set(out_dir.rglob("*")) if out_dir.exists() else None
+    try:
+        return _run_compare(pairs, out_dir, methods, outputs, matched, seed, seed_policy, size, options, shared_options,
+                            metrics, suite, overwrite, progress)
+    except BaseException:  # a failed comparison leaves nothing of its own behind (copied inputs, partial outputs)
+        _remove_new_files(out_dir, before)
+        raise
+
+
+def _check_method_options(methods: Sequence[str], options: Mapping[str, dict]) -> None:
+    for name, opts in options.items():
+        if name not in methods:
+            raise InputError(f"--method-option {name}.{next(iter(opts), 'KEY')}: {name!r} is not among the methods run "
+                             f"({', '.join(methods) or 'none'})")
+        declared = get_method(name).options
+        allowed = SHARED_OPTIONS + tuple(declared or ())
+        unknown = sorted(set(opts) - set(allowed)) if declared is not None else []
+        if unknown:
+            raise InputError(f"--method-option {name}.{unknown[0]}: unknown option of {name!r}; it takes "
+                             f"{', '.join(allowed)}")
+
+
+def _remove_new_files(out_dir: Path, before: set | None) -> None:
+    if before is None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    if not out_dir.exists():
+        return
+    for path in sorted(set(out_dir.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _run_compare(pairs, out_dir, methods, outputs, matched, seed, seed_policy, size, options, shared_options, metrics,
+                 suite, overwrite, progress) -> Report:
+    from tqdm.auto import tqdm
+
+    from .metrics.suite import MetricSuite
 
     inputs = _prepare_inputs(pairs, out_dir, size, overwrite)
     seeds = [seed if seed_policy == "same" else seed + i for i in range(len(pairs))]
@@ -377,7 +447,7 @@ def compare(
             except StyleforgeError as e:
                 column.append(Cell(None, str(e)))
             except Exception as e:  # one failing method must not lose the others' results
-                column.append(Cell(None, f"{type(e).__name__}: {e}"))
+                column.append(Cell(None, str(e).strip().splitlines()[0] if str(e).strip() else "failed"))
         if all(c.error for c in column):
             first = column[0].error
             raise StyleforgeError(f"method {name!r} failed on every pair: {first}")
@@ -385,7 +455,7 @@ def compare(
     for name, files in matched.items():
         cells[name] = [Cell(Path(f)) for f in files]
 
-    report = Report(out_dir, pairs, methods + list(outputs), cells, inputs, seeds, size)
+    report = Report(out_dir, pairs, methods + list(outputs), cells, inputs, seeds, size, metric_size=size or 256)
     suite = suite if suite is not None else MetricSuite()
     report.metric_mode = suite.mode
     _compute_metrics(report, metrics, suite, progress)
@@ -411,13 +481,13 @@ def _compute_metrics(report: Report, metrics: Sequence[str], suite, progress: bo
             usable.append(m)
         else:
             report.metric_notes[m] = suite.why_unavailable(m)
-    contents = torch.cat([_load_tensor(c, report.size) for c, _ in report.inputs])
-    references = torch.cat([_load_tensor(r, report.size) for _, r in report.inputs])
+    contents = torch.cat([_load_tensor(c, report.metric_size) for c, _ in report.inputs])
+    references = torch.cat([_load_tensor(r, report.metric_size) for _, r in report.inputs])
     for column in tqdm(report.columns, desc="metrics", disable=not progress or not usable):
         ok = [i for i, cell in enumerate(report.cells[column]) if cell.path is not None]
         results: dict = {}
         if ok:
-            outs = torch.cat([_load_tensor(report.cells[column][i].path, report.size) for i in ok])
+            outs = torch.cat([_load_tensor(report.cells[column][i].path, report.metric_size) for i in ok])
             idx = torch.tensor(ok)
             for m in usable:
                 spec = METRICS[m]
@@ -465,7 +535,7 @@ def make_grid(report: Report, cell: int | None = None):
     """Rows: pairs; columns: content, reference, then one per method; a header row with the column names."""
     from PIL import Image, ImageDraw
 
-    cell = cell or min(report.size, 256)
+    cell = cell or min(report.metric_size, 256)
     header, gap = 18, GRID_GAP
     names = ["content", "reference"] + report.columns
     rows = len(report.pairs)
@@ -526,8 +596,9 @@ def _caveats(report: Report) -> list[str]:
 
 def _settings(report: Report) -> list[str]:
     policy = "same seed for every pair" if len(set(report.seeds)) == 1 else "seed + pair index"
-    return [f"- pairs: {len(report.pairs)}; working size {report.size}x{report.size} (centre crop + bicubic resize, "
-            "the same files for every method)",
+    size = (f"working size {report.size}x{report.size} (centre crop + bicubic resize, the same files for every method)"
+            if report.size else "each method at its native working size (the same input files for every method)")
+    return [f"- pairs: {len(report.pairs)}; {size}; metrics on {report.metric_size}x{report.metric_size} centre crops",
             f"- seeds: {report.seeds[0] if report.seeds else '-'} ({policy}; identical for every method)",
             f"- methods: {', '.join(report.columns)}",
             f"- metric networks: {report.metric_mode}"]
@@ -575,7 +646,7 @@ def _md_list_to_html(lines: list[str]) -> str:
 
 
 def render_html(report: Report, grid) -> str:
-    cell = min(report.size, 192)
+    cell = min(report.metric_size, 192)
     head = "".join(f"<th>{html.escape(n)}</th>" for n in ["pair", "content", "reference"] + report.columns)
     rows = []
     for i, p in enumerate(report.pairs):
@@ -617,7 +688,7 @@ def _write_report(report: Report, overwrite: bool) -> None:
     report.files["markdown"] = _write_text_atomic(out / "report.md", render_markdown(report))
     report.files["html"] = _write_text_atomic(out / "report.html", render_html(report, grid))
     data = {
-        "size": report.size, "seeds": report.seeds, "metric_networks": report.metric_mode,
+        "size": report.size, "metric_size": report.metric_size, "seeds": report.seeds, "metric_networks": report.metric_mode,
         "pairs": [{"name": p.name, "content": str(p.content), "reference": str(p.reference)} for p in report.pairs],
         "outputs": {c: [str(cell.path) if cell.path else None for cell in report.cells[c]] for c in report.columns},
         "errors": {c: [cell.error for cell in report.cells[c]] for c in report.columns},

@@ -61,6 +61,8 @@ class Option:
     nargs: Any = None
     convert: Callable[[str], Any] | None = None  # the parser's type= callable (validates a string value)
     positional: bool = False  # given without a flag, e.g. ``styleforge translate IMAGE``
+    minimum: float | None = None  # the accepted range of a number (or of each value of a START,END pair)
+    maximum: float | None = None
 
 
 def get_method(name: str) -> MethodCommand:
@@ -94,9 +96,11 @@ def _kind(action: argparse.Action) -> str:
         return "bool"
     if action.choices is not None:
         return "choice"
-    if action.type is int:
+    from .validation import Number
+
+    if action.type is int or (isinstance(action.type, Number) and action.type.kind is int):
         return "int"
-    if action.type is float:
+    if action.type is float or isinstance(action.type, Number):
         return "float"
     return "text"
 
@@ -110,12 +114,15 @@ def method_options(method: str) -> list[Option]:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or action.help == argparse.SUPPRESS:
             continue
         flag = max(action.option_strings, key=len) if action.option_strings else action.dest
+        if isinstance(action, argparse.BooleanOptionalAction):  # --flag/--no-flag: the positive spelling
+            flag = action.option_strings[0]
         options.append(Option(
             dest=action.dest, flag=flag, kind=_kind(action), default=action.default, help=action.help or "",
             group=group_of.get(id(action), ""), required=action.required,
             repeatable=isinstance(action, argparse._AppendAction),
             choices=tuple(action.choices) if action.choices is not None else None, nargs=action.nargs,
-            convert=action.type if callable(action.type) else None, positional=not action.option_strings))
+            convert=action.type if callable(action.type) else None, positional=not action.option_strings,
+            minimum=getattr(action.type, "minimum", None), maximum=getattr(action.type, "maximum", None)))
     return options
 
 
@@ -127,16 +134,14 @@ def _tokens(option: Option, value: Any) -> list[str]:
         return [_text(value)]
     if option.kind == "flag":
         return [option.flag] if _truthy(value, option) else []
+    if option.kind == "bool":
+        return [option.flag if _truthy(value, option) else "--no-" + option.flag[2:]]
     if option.repeatable:
         values = value if isinstance(value, (list, tuple)) else [value]
         return [t for v in values for t in (option.flag, _text(v))]
     if option.nargs in ("+", "*") or isinstance(option.nargs, int):
         values = value if isinstance(value, (list, tuple)) else str(value).split()
         return [option.flag, *(_text(v) for v in values)]
-    if option.kind == "bool":
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        return [option.flag, str(value)]
     return [f"{option.flag}={_text(value)}"]  # '=' keeps values that start with '-' (negative numbers)
 
 
@@ -165,9 +170,25 @@ def to_argv(method: str, values: Mapping[str, Any]) -> list[str]:
     for key, value in values.items():
         dest = key if key in options else aliases.get(key.lstrip("-").replace("-", "_"))
         if dest is None:
+            dest, value = _renamed(key, value, options, aliases)
+        if dest is None:
             raise InputError(f"unknown option {key!r} for {method}; see `styleforge {' '.join(get_method(method).words)} --help`")
         (positional if options[dest].positional else flagged).extend(_tokens(options[dest], value))
     return [*get_method(method).words, *positional, *flagged]
+
+
+def _renamed(key: str, value: Any, options: Mapping[str, Option], aliases: Mapping[str, str]) -> tuple[str | None, Any]:
+    """(dest, value) for an option under its old name (``strip``, ``quiet``: see ``cli.main.RENAMED_FLAGS``)."""
+    from .cli.main import RENAMED_FLAGS
+
+    new = RENAMED_FLAGS.get("--" + key.lstrip("-").replace("_", "-"))
+    if new is None:
+        return None, value
+    negated = new.startswith("--no-")
+    dest = aliases.get((new[5:] if negated else new[2:]).replace("-", "_"))
+    if dest is None or not negated:
+        return dest, value
+    return dest, not _truthy(value, options[dest])
 
 
 def make_args(method: str, values: Mapping[str, Any]) -> argparse.Namespace:

@@ -64,10 +64,14 @@ def _aliases(method: str) -> dict[str, str]:
 
 def to_dests(method: str, values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """``values`` keyed by option dests (keys may be dests or flag names, e.g. ``paste-back``)."""
+    from ..options import _renamed
+
     aliases = _aliases(method)
     out = {}
     for key, value in values.items():
         dest = aliases.get(str(key).lstrip("-").replace("-", "_"))
+        if dest is None:  # an old spelling (strip = not --no-save-strip), as options.to_argv takes it
+            dest, value = _renamed(str(key), value, {o.dest: o for o in method_options(method)}, aliases)
         if dest is None:
             raise InputError(f"{where}: unknown option {key!r} for {method}; see "
                              f"`styleforge {' '.join(get_method(method).words)} --help`")

@@ -7,10 +7,23 @@ diffusers are imported inside ``run``.
 from __future__ import annotations
 
 import argparse
+from argparse import BooleanOptionalAction
 from typing import Any, Callable
+
+from .. import validation as V
+from ..validation import fraction_pair, int_pair  # noqa: F401  (START,END options of several commands)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"styleforge: error: {where}{message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -32,8 +45,25 @@ def add_common_args(
     g.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision")
     g.add_argument("--seed", type=int, default=seed_default, help="random seed (results are reproducible per seed)")
     g.add_argument("-o", "--output", required=output_required, help=output_help)
-    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    g.add_argument("--offline", action="store_true", help="never contact the hub; use local files only (also HF_HUB_OFFLINE=1)")
+    g.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace existing output files")
+    g.add_argument("--offline", action=BooleanOptionalAction, default=False, help="never contact the hub; use local files only (also HF_HUB_OFFLINE=1)")
+
+
+def add_size_args(group, side: str = "shorter") -> None:
+    """--size and --crop: the aspect ratio is kept unless --crop asks for the centre square."""
+    group.add_argument("--size", type=V.side, default=None,
+                       help=f"{side} side of the working size, aspect ratio kept (default: the model's resolution, 512 "
+                            "for SD 1.5); with --crop the square's side")
+    group.add_argument("--crop", action=BooleanOptionalAction, default=False,
+                       help="centre-crop to a square (the old behaviour) instead of keeping the aspect ratio")
+
+
+def size_from_args(args, pipe):
+    """The ``size`` a pipeline takes for --size/--crop: a (side, side) square with --crop, else --size."""
+    if not args.crop:
+        return args.size
+    side = args.size or pipe.default_resolution
+    return (side, side)
 
 
 def add_subcommand(subparsers, name: str, *, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -49,21 +79,17 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
-def pair_of(cast, what: str):
-    """An argparse type for ``"A,B"`` -> (cast(A), cast(B)), e.g. an iteration window ``"10,90"``."""
+def dataclass_defaults(cls) -> argparse.Namespace:
+    """The field defaults of a settings dataclass, without running its validation (which may import torch)."""
+    import dataclasses
 
-    def parse(value: str):
-        try:
-            a, b = (cast(x) for x in value.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected two {what} as START,END, got {value!r}") from None
-        return a, b
-
-    return parse
-
-
-int_pair = pair_of(int, "integers")
-fraction_pair = pair_of(float, "fractions")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return argparse.Namespace(**values)
 
 
 def load_pipeline(cls, args):

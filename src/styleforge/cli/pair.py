@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from argparse import BooleanOptionalAction
 
-from .common import HelpFormatter, add_common_args, add_subcommand, str2bool
+from .. import validation as V
+from .common import HelpFormatter, add_common_args, add_subcommand
 
 
 def _int_list(value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        values = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
-
-
-def _optional_float(value: str) -> float | None:
-    return None if value.strip().lower() in ("none", "") else float(value)
+    for v in values:
+        why = V.count.problem(v)
+        if why:
+            raise argparse.ArgumentTypeError(f"each iteration {why}")
+    return values
 
 
 def register(sub) -> None:
@@ -31,7 +34,7 @@ def register(sub) -> None:
 
 def _register_train(actions) -> None:
     from ..loading import DEFAULT_SD1_MODEL
-    from ..pair_customization.adapters import DEFAULT_BASIS_SEED, DEFAULT_TARGETS
+    from ..pair_customization.constants import DEFAULT_BASIS_SEED, DEFAULT_TARGETS
 
     p = actions.add_parser("train", help="learn a style from a content image and its stylized version",
                            description="Trains for --iterations (content adapter from 0, style adapter from "
@@ -45,47 +48,47 @@ def _register_train(actions) -> None:
     g.add_argument("--content-prompt", default=None, help="explicit content prompt (must contain --token)")
     g.add_argument("--token", default="sbu", help="rare identifier token V*")
     g = p.add_argument_group("adapters")
-    g.add_argument("--content-rank", type=int, default=64, help="rank r_c of the content LoRA")
-    g.add_argument("--style-rank", type=int, default=64, help="rank r_s of the style LoRA (r_c + r_s <= smallest layer width)")
-    g.add_argument("--content-alpha", type=_optional_float, default=None, help="LoRA alpha (default: = rank, scale 1)")
-    g.add_argument("--style-alpha", type=_optional_float, default=None, help="LoRA alpha (default: = rank, scale 1)")
+    g.add_argument("--content-rank", type=V.count, default=64, help="rank r_c of the content LoRA")
+    g.add_argument("--style-rank", type=V.count, default=64, help="rank r_s of the style LoRA (r_c + r_s <= smallest layer width)")
+    g.add_argument("--content-alpha", type=V.optional_positive, default=None, help="LoRA alpha (default: = rank, scale 1)")
+    g.add_argument("--style-alpha", type=V.optional_positive, default=None, help="LoRA alpha (default: = rank, scale 1)")
     g.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated module-name suffixes to adapt")
     g.add_argument("--basis-seed", type=int, default=DEFAULT_BASIS_SEED, help="seed of the orthonormal bases")
-    g.add_argument("--orthogonal", type=str2bool, default=True, help="fixed orthonormal down-projections (false: trainable Gaussian A, the ablation)")
+    g.add_argument("--orthogonal", action=BooleanOptionalAction, default=True, help="fixed orthonormal down-projections (--no-orthogonal: trainable Gaussian A, the ablation)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--iterations", type=int, default=750, help="training iterations (content step each, style step from --style-start)")
-    g.add_argument("--style-start", type=int, default=250, help="first iteration with a style step")
-    g.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (constant)")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (official code)")
-    g.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1")
-    g.add_argument("--adam-beta2", type=float, default=0.999, help="AdamW beta2")
-    g.add_argument("--adam-eps", type=float, default=1e-8,
+    g.add_argument("--iterations", type=V.count, default=750, help="training iterations (content step each, style step from --style-start)")
+    g.add_argument("--style-start", type=V.non_negative_int, default=250, help="first iteration with a style step")
+    g.add_argument("--lr", type=V.positive, default=1e-5, help="AdamW learning rate (constant)")
+    g.add_argument("--weight-decay", type=V.non_negative, default=1e-4, help="AdamW weight decay (official code)")
+    g.add_argument("--adam-beta1", type=V.Number(float, 0, 0.999999), default=0.9, help="AdamW beta1")
+    g.add_argument("--adam-beta2", type=V.Number(float, 0, 0.999999), default=0.999, help="AdamW beta2")
+    g.add_argument("--adam-eps", type=V.positive, default=1e-8,
                    help="AdamW epsilon; 4e-8 reproduces the official launch bit for bit (it divides each loss by its "
                         "gradient accumulation 4, which for Adam equals eps x 4)")
-    g.add_argument("--max-grad-norm", type=_optional_float, default=None, help="gradient clipping (official: none)")
+    g.add_argument("--max-grad-norm", type=V.optional_positive, default=None, help="gradient clipping (official: none)")
     g.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto", help="frozen weights in half precision, LoRA in fp32 (auto: fp16 on CUDA)")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations (less memory, slower)")
+    g.add_argument("--gradient-checkpointing", action=BooleanOptionalAction, default=False, help="recompute UNet activations (less memory, slower)")
     g = p.add_argument_group("data")
-    g.add_argument("--resolution", type=int, default=512, help="training crop size")
-    g.add_argument("--center-crop", type=str2bool, default=True, help="centre crop (false: random crop, as the official code)")
-    g.add_argument("--flip-probability", type=float, default=0.0, help="joint horizontal flip probability (official: 1.0)")
-    g.add_argument("--parity-mode", action="store_true", help="the official data pipeline: random crop and always flip")
-    g.add_argument("--vae-sample", type=str2bool, default=True, help="encode to a posterior sample (official) or its mean")
+    g.add_argument("--resolution", type=V.side, default=512, help="training crop size")
+    g.add_argument("--center-crop", action=BooleanOptionalAction, default=True, help="centre crop (--no-center-crop: random crop, as the official code)")
+    g.add_argument("--flip-probability", type=V.fraction, default=0.0, help="joint horizontal flip probability (official: 1.0)")
+    g.add_argument("--parity-mode", action=BooleanOptionalAction, default=False, help="the official data pipeline: random crop and always flip")
+    g.add_argument("--vae-sample", action=BooleanOptionalAction, default=True, help="encode to a posterior sample (official) or its mean")
     g = p.add_argument_group("checkpoints and validation")
-    g.add_argument("--checkpoint-every", type=int, default=250, help="save a resumable checkpoint every N iterations (0: only at the end)")
-    g.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep (0: all)")
+    g.add_argument("--checkpoint-every", type=V.non_negative_int, default=250, help="save a resumable checkpoint every N iterations (0: only at the end)")
+    g.add_argument("--keep-checkpoints", type=V.non_negative_int, default=2, help="how many recent checkpoints to keep (0: all)")
     g.add_argument("--resume", nargs="?", const="latest", default=None, help="continue from the newest checkpoint in STYLE_DIR (or a given checkpoint folder)")
     g.add_argument("--validate-at", type=_int_list, default=(), help="comma-separated iterations after which to write validation images")
-    g.add_argument("--validation-steps", type=int, default=25, help="DDIM steps of the validation images")
-    g.add_argument("--validation-guidance-scale", type=float, default=7.5, help="CFG of the validation images")
-    g.add_argument("--save-content", action="store_true", help="also export the content adapter (STYLE_DIR/content/, a style folder of its own)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--validation-steps", type=V.steps, default=25, help="DDIM steps of the validation images")
+    g.add_argument("--validation-guidance-scale", type=V.finite, default=7.5, help="CFG of the validation images")
+    g.add_argument("--save-content", action=BooleanOptionalAction, default=False, help="also export the content adapter (STYLE_DIR/content/, a style folder of its own)")
+    g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="style folder to write (style.safetensors, style.json, checkpoints/)")
     p.set_defaults(func=run_train)
 
 
 def _register_apply(actions) -> None:
-    from ..pair_customization.pipeline import SCHEDULERS
+    from ..pair_customization.constants import SCHEDULERS
 
     p = actions.add_parser("apply", help="generate (or restyle a photo) with one or more learned styles",
                            description="Style guidance (paper Eq. 10/11) on the unmodified base model. Several --style "
@@ -101,27 +104,27 @@ def _register_apply(actions) -> None:
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: empty; for --image: the prompt itself, which cancels the CFG term)")
     g.add_argument("--image", default=None, help="restyle this photo through DDIM inversion instead of generating")
     g = p.add_argument_group("guidance")
-    g.add_argument("--style-scale", type=float, nargs="+", default=[3.0],
+    g.add_argument("--style-scale", type=V.finite, nargs="+", default=[3.0],
                    help="lambda_style, one for all styles or one per --style (official pipeline default 3; its example script 4)")
-    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: 7.5 SD 1.x, 5 SDXL)")
-    g.add_argument("--style-start", type=int, default=None,
+    g.add_argument("--guidance-scale", type=V.finite, default=None, help="classifier-free guidance (default: 7.5 SD 1.x, 5 SDXL)")
+    g.add_argument("--style-start", type=V.non_negative_int, default=None,
                    help="plain-CFG steps before style guidance (default 0: the official code guides from the first step; "
                         "the paper's structure lock is 10 of 50)")
-    g.add_argument("--style-start-timestep", type=int, default=None,
+    g.add_argument("--style-start-timestep", type=V.non_negative_int, default=None,
                    help="instead: plain CFG while t > this (the official start_LoRA_step=800 acts only on its LoRA-scale "
                         "path, --mode lora_scale, not on style guidance)")
-    g.add_argument("--lora-scale", type=float, default=1.0, help="strength of the style adapter inside the style pass")
+    g.add_argument("--lora-scale", type=V.finite, default=1.0, help="strength of the style adapter inside the style pass")
     g.add_argument("--mode", choices=("style_guidance", "lora_scale"), default="style_guidance",
                    help="style guidance (Eq. 10) or the LoRA-scale baseline (Eq. 3: --style-scale is the LoRA strength)")
-    g.add_argument("--steps", type=int, default=50, help="sampling steps")
+    g.add_argument("--steps", type=V.steps, default=50, help="sampling steps")
     g.add_argument("--scheduler", choices=SCHEDULERS, default="euler",
                    help="sampler: euler = the official code (SDXL's own scheduler), pndm = the paper and SD 1.5's stock "
                         "sampler (--image always uses DDIM)")
-    g.add_argument("--height", type=int, default=None, help="default: the model's resolution")
-    g.add_argument("--width", type=int, default=None, help="default: the model's resolution")
+    g.add_argument("--height", type=V.side, default=None, help="default: the model's resolution")
+    g.add_argument("--width", type=V.side, default=None, help="default: the model's resolution")
     g = p.add_argument_group("outputs")
-    g.add_argument("--save-base", action="store_true", help="also write STEM.base.png: the unstyled image from the same seed")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache (--image)")
+    g.add_argument("--save-base", action=BooleanOptionalAction, default=False, help="also write STEM.base.png: the unstyled image from the same seed")
+    g.add_argument("--cache", action=BooleanOptionalAction, default=True, help="read and write the inversion cache (--image; --no-cache: neither)")
     add_common_args(p, model_default=None, model_help="base model (default: the one the first style was trained on)")
     p.set_defaults(func=run_apply)
 
@@ -163,7 +166,7 @@ def run_train(args) -> int:
     pipe = load_pipeline(StyleforgePipeline, args)
     trainer = PairCustomizationTrainer(pipe, config)
     resume = args.resume if args.resume in (None, "latest") else Path(args.resume)
-    result = trainer.train(args.content, args.styled, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet)
+    result = trainer.train(args.content, args.styled, out, resume=resume, overwrite=args.overwrite, progress=args.progress)
     last = result.history[-1] if result.history else {}
     losses = ", ".join(f"{k.replace('_loss', '')} loss {v:.4f}" for k, v in last.items() if k.endswith("_loss"))
     print(f"wrote {out / 'style.safetensors'} ({trainer.iteration} iterations{'; ' + losses if losses else ''})")
@@ -193,7 +196,7 @@ def run_apply(args) -> int:
     if wordless:
         raise InputError(f"{wordless[0]} carries no style word (a LoRA saved outside styleforge): pass --style-word, "
                          "e.g. --style-word 'digital art' for the official suffix 'in digital art style'")
-    inputs = [args.image] if args.image else []
+    inputs = ([args.image] if args.image else []) + list(args.styles)
     if args.image:
         load_image(args.image, name="image")
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
@@ -219,7 +222,7 @@ def run_apply(args) -> int:
     negative = args.negative_prompt
     if args.image:
         result = pipe(image=args.image, negative_prompt=negative, return_base=args.save_base,
-                      inversion_cache=None if args.no_cache else InversionCache(), **params)
+                      inversion_cache=None if not args.cache else InversionCache(), **params)
     else:
         result = pipe(negative_prompt=negative or "", return_base=args.save_base, **params)
     meta = pipe.metadata("pair-customization", **{k: v for k, v in params.items() if k != "styles"},

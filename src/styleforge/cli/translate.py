@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from argparse import BooleanOptionalAction
 
-from .common import add_common_args, add_subcommand, fraction_pair, str2bool
+from .. import validation as V
+from .common import add_common_args, add_size_args, add_subcommand
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -22,8 +24,8 @@ def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
     g.add_argument("--sentence-source", choices=("template", "prompt_template", "single"), default=None,
                    help="sentences for word/prompt edits: the built-in template generator, paired prompt variations, or "
                         "the word/prompt alone; unset: template for words, single for prompts")
-    g.add_argument("--num-sentences", type=int, default=1000, help="sentences per side from the generator")
-    g.add_argument("--no-direction-cache", action="store_true", help="do not read or write cached mean embeddings")
+    g.add_argument("--num-sentences", type=V.Number(int, 1, 100_000), default=1000, help="sentences per side from the generator")
+    g.add_argument("--direction-cache", action=BooleanOptionalAction, default=True, help="read and write cached mean embeddings")
 
 
 def register(sub) -> None:
@@ -36,41 +38,42 @@ def register(sub) -> None:
                                    "patch features (PatchNCE).")
     p.add_argument("image", help="input image")
     _add_edit_args(p, with_direction=True)
-    p.add_argument("--edit-multiplier", type=float, default=1.0, help="w in c_hat = c + w * delta_c")
+    p.add_argument("--edit-multiplier", type=V.finite, default=1.0, help="w in c_hat = c + w * delta_c")
     g = p.add_argument_group("caption")
     g.add_argument("--caption", help="caption of the input image (default: BLIP)")
     g.add_argument("--captioner", default="auto", help="BLIP captioning model id or folder; 'auto' = Salesforce/blip-image-captioning-base; 'none' = never caption")
     g = p.add_argument_group("guidance")
-    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=50, help="DDIM steps N")
-    g.add_argument("--xa-guidance", type=float, default=0.1, help="guidance rate lambda: one gradient step of this size per timestep (Eq. 18)")
-    g.add_argument("--xa-weight", type=float, default=1.0, help="lambda_c, weight of the cross-attention loss")
-    g.add_argument("--contrastive-weight", type=float, default=1.0, help="lambda_e, weight of the PatchNCE loss (0 = pix2pix-zero)")
-    g.add_argument("--cfg-scale", "--negative-guidance-scale", dest="cfg_scale", type=float, default=5.0, help="classifier-free guidance scale of both passes")
+    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=V.steps, default=50, help="DDIM steps N")
+    g.add_argument("--xa-guidance", type=V.non_negative, default=0.1, help="guidance rate lambda: one gradient step of this size per timestep (Eq. 18); with CFG the p2pzero_code mode's step per latent copy is half the paper mode's")
+    g.add_argument("--xa-weight", type=V.non_negative, default=1.0, help="lambda_c, weight of the cross-attention loss")
+    g.add_argument("--contrastive-weight", type=V.non_negative, default=1.0, help="lambda_e, weight of the PatchNCE loss (0 = pix2pix-zero); the loss is a mean over the S patches and the CFG copies, so 1 here is 1/S of Eq. 15's lambda_e")
+    g.add_argument("--cfg-scale", "--negative-guidance-scale", dest="cfg_scale", type=V.finite, default=5.0, help="classifier-free guidance scale of both passes")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the caption, pix2pix-zero's real-image mode)")
     g.add_argument("--guidance-mode", choices=("p2pzero_code", "paper"), default="p2pzero_code",
                    help="official code (both CFG copies guided, the negative copy stepped) or Algorithm 1 (one latent, conditional branch)")
-    g.add_argument("--update-latent-before-step", type=str2bool, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
-    g.add_argument("--guided-steps", type=fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
+    g.add_argument("--update-latent-before-step", action=BooleanOptionalAction, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
+    g.add_argument("--guided-steps", type=V.fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
     g.add_argument("--cut-layers", choices=("down_attn1", "up_attn1", "all_attn1", "down_resnet"), default="down_attn1",
                    help="PatchNCE feature layers: encoder self-attention, decoder self-attention (CDS), all, encoder ResNets")
-    g.add_argument("--cut-num-patches", type=int, default=256, help="patches S per layer and patch size")
-    g.add_argument("--cut-patch-sizes", type=int, nargs="+", default=[1, 2], help="patch sizes (average-pooled p x p)")
-    g.add_argument("--cut-tau", type=float, default=0.07, help="PatchNCE temperature")
+    g.add_argument("--cut-num-patches", type=V.count, default=256, help="patches S per layer and patch size")
+    g.add_argument("--cut-patch-sizes", type=V.count, nargs="+", default=[1, 2], help="patch sizes (average-pooled p x p)")
+    g.add_argument("--cut-tau", type=V.positive, default=0.07, help="PatchNCE temperature")
     g = p.add_argument_group("inversion")
-    g.add_argument("--inversion-grid", choices=("symmetric", "p2pzero"), default="symmetric", help="exact inverse of the sampler's grid, or the official code's (N-2 calls)")
-    g.add_argument("--reg-lambda-ac", type=float, default=20.0, help="autocorrelation regulariser weight")
-    g.add_argument("--reg-lambda-kl", type=float, default=20.0, help="KL regulariser weight")
-    g.add_argument("--reg-steps", type=int, default=5, help="regulariser outer iterations per inversion step (0 = off)")
-    g.add_argument("--reg-rolls", type=int, default=5, help="autocorrelation steps per outer iteration")
-    g.add_argument("--vae-sample", action="store_true", help="sample the VAE posterior (seeded) instead of taking its mode")
+    g.add_argument("--inversion-grid", choices=("p2pzero", "symmetric"), default="p2pzero",
+                   help="the official code's grid (N-2 UNet calls at t-1; default) or the exact inverse of the sampler's grid (diffusers)")
+    g.add_argument("--reg-lambda-ac", type=V.non_negative, default=20.0, help="autocorrelation regulariser weight")
+    g.add_argument("--reg-lambda-kl", type=V.non_negative, default=20.0, help="KL regulariser weight")
+    g.add_argument("--reg-steps", type=V.non_negative_int, default=5, help="regulariser outer iterations per inversion step (0 = off)")
+    g.add_argument("--reg-rolls", type=V.non_negative_int, default=5, help="autocorrelation steps per outer iteration")
+    g.add_argument("--vae-sample", action=BooleanOptionalAction, default=False, help="sample the VAE posterior (seeded), as the official code does (unseeded), instead of taking its deterministic mode")
     g.add_argument("--save-inversion", metavar="FILE", help="also write the inverted latent x_T with its caption (.safetensors)")
     g.add_argument("--inversion", metavar="FILE", help="edit a saved inversion instead of inverting again (its caption is used unless --caption is given)")
     g = p.add_argument_group("runtime and outputs")
-    g.add_argument("--size", type=int, default=None, help="square working size (default: long side at the model's resolution, aspect kept)")
+    add_size_args(g, "longer")
     g.add_argument("--reference-mode", choices=("interleaved", "stored"), default="interleaved",
                    help="run each reference step just before its guided step (least memory) or the whole reference pass first")
-    g.add_argument("--offload-reference", action="store_true", help="with --reference-mode stored: keep the reference records on the CPU")
-    g.add_argument("--save-reconstruction", action="store_true", help="also write <stem>.recon.png (the reference trajectory)")
+    g.add_argument("--offload-reference", action=BooleanOptionalAction, default=False, help="with --reference-mode stored: keep the reference records on the CPU")
+    g.add_argument("--save-reconstruction", action=BooleanOptionalAction, default=False, help="also write <stem>.recon.png (the reference trajectory)")
     g.add_argument("--save-direction", metavar="FILE", help="also write the edit direction (.safetensors or .pt)")
     g.add_argument("--save-log", metavar="FILE", help="also write the per-step losses and gradient norms (JSON)")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL)
@@ -95,16 +98,23 @@ def _edit_kwargs(args) -> dict:
                 target_prompt=args.target_prompt, source_embedding=args.source_embedding,
                 target_embedding=args.target_embedding, source_sentences=args.sentences_source,
                 target_sentences=args.sentences_target, sentence_source=args.sentence_source,
-                num_sentences=args.num_sentences, direction_cache=False if args.no_direction_cache else None)
+                num_sentences=args.num_sentences, direction_cache=None if args.direction_cache else False)
 
 
-def _direction_output(path: str, overwrite: bool):
+def _direction_output(path: str, overwrite: bool, inputs=()):
     from pathlib import Path
 
     from ..io import check_output_path
 
     suffix = ".pt" if Path(path).suffix == ".pt" else ".safetensors"
-    return check_output_path(path, overwrite=overwrite, suffix=suffix)
+    return check_output_path(path, overwrite=overwrite, suffix=suffix, inputs=inputs)
+
+
+def _input_files(args) -> list:
+    """Every file the command reads: no output may be one of them."""
+    names = ("image", "direction", "inversion", "sentences_source", "sentences_target", "source_embedding",
+             "target_embedding")
+    return [getattr(args, n) for n in names if getattr(args, n, None)]
 
 
 def run(args) -> int:
@@ -113,13 +123,14 @@ def run(args) -> int:
     from ..io import check_output_path, save_image, sibling_path
     from ..pix2pix_zerocon import Pix2PixZeroConPipeline
     from ..runtime import make_generator
-    from .common import load_pipeline
+    from .common import load_pipeline, size_from_args
 
-    out = check_output_path(args.output, overwrite=args.overwrite, inputs=[args.image])
-    recon = check_output_path(sibling_path(out, "recon"), overwrite=args.overwrite, inputs=[args.image]) if args.save_reconstruction else None
-    direction_out = _direction_output(args.save_direction, args.overwrite) if args.save_direction else None
-    log_out = check_output_path(args.save_log, overwrite=args.overwrite, suffix=".json") if args.save_log else None
-    inversion_out = check_output_path(args.save_inversion, overwrite=args.overwrite, suffix=".safetensors") if args.save_inversion else None
+    inputs = _input_files(args)
+    out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
+    recon = check_output_path(sibling_path(out, "recon"), overwrite=args.overwrite, inputs=inputs) if args.save_reconstruction else None
+    direction_out = _direction_output(args.save_direction, args.overwrite, inputs) if args.save_direction else None
+    log_out = check_output_path(args.save_log, overwrite=args.overwrite, suffix=".json", inputs=inputs) if args.save_log else None
+    inversion_out = check_output_path(args.save_inversion, overwrite=args.overwrite, suffix=".safetensors", inputs=inputs) if args.save_inversion else None
     caption, inverted = args.caption, None
     if args.inversion:
         from ..errors import InputError
@@ -129,8 +140,8 @@ def run(args) -> int:
         if info.get("num_inference_steps") != args.steps:
             raise InputError(f"{args.inversion} was inverted with {info.get('num_inference_steps')} steps; pass --steps "
                              f"{info.get('num_inference_steps')}")
-        if args.size is None and info.get("size"):
-            args.size = info["size"][0] if info["size"][0] == info["size"][1] else None
+        if args.size is None and not args.crop and info.get("size"):
+            args.size = tuple(info["size"])  # (w, h) the inversion was made at
         caption = caption or info.get("caption")
     pipe = load_pipeline(Pix2PixZeroConPipeline, args)
     edit = _edit_kwargs(args)
@@ -142,16 +153,16 @@ def run(args) -> int:
                   cut_layers=args.cut_layers, cut_num_patches=args.cut_num_patches,
                   cut_patch_sizes=args.cut_patch_sizes, cut_tau=args.cut_tau, inversion_grid=args.inversion_grid,
                   reg_lambda_ac=args.reg_lambda_ac, reg_lambda_kl=args.reg_lambda_kl, reg_steps=args.reg_steps,
-                  reg_rolls=args.reg_rolls, vae_sample=args.vae_sample, size=args.size,
+                  reg_rolls=args.reg_rolls, vae_sample=args.vae_sample, size=size_from_args(args, pipe),
                   generator=make_generator(args.seed), seed=args.seed, reference_mode=args.reference_mode,
                   offload_reference=args.offload_reference, return_log=bool(args.save_log), **edit)
     method = "pix2pix-zero" if args.contrastive_weight == 0 else "pix2pix-zerocon"
     meta = pipe.metadata(method, **result.params)
     print(f"caption: {result.caption}")
-    print(f"wrote {save_image(result.images[0], out, metadata=meta, overwrite=args.overwrite, inputs=[args.image])}")
+    print(f"wrote {save_image(result.images[0], out, metadata=meta, overwrite=args.overwrite, inputs=inputs)}")
     if recon is not None:
         meta_r = pipe.metadata(f"{method}-reconstruction", **result.params)
-        print(f"wrote {save_image(result.reconstruction[0], recon, metadata=meta_r, overwrite=args.overwrite, inputs=[args.image])}")
+        print(f"wrote {save_image(result.reconstruction[0], recon, metadata=meta_r, overwrite=args.overwrite, inputs=inputs)}")
     if direction_out is not None:
         print(f"wrote {result.edit_direction.save(direction_out)}")
     if inversion_out is not None:
@@ -182,7 +193,7 @@ def run_direction(args) -> int:
     from ..pix2pix_zerocon import Pix2PixZeroConPipeline
     from .common import load_pipeline
 
-    out = _direction_output(args.output, args.overwrite)
+    out = _direction_output(args.output, args.overwrite, _input_files(args))
     pipe = load_pipeline(Pix2PixZeroConPipeline, args)
     edit = _edit_kwargs(args)
     cache = edit.pop("direction_cache")

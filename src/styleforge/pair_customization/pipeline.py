@@ -28,13 +28,14 @@ from ..diffusion.inversion import DDIM, ddim_invert, image_hash
 from ..diffusion.pipeline import SD1, SDXL, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
 from ..diffusion.sampling import alpha_pair, ddim_step
+from .. import validation as V
 from ..errors import InputError
 from ..io import ImageLike
 from ..loading import DEFAULT_SD1_MODEL
 from .adapters import DEFAULT_TARGETS, UNetAdapters, find_targets
+from .constants import SCHEDULERS
 from .style_io import StyleAdapter
 
-SCHEDULERS = ("pndm", "ddim", "euler", "euler_a", "dpm")
 #: classifier-free guidance per family: SD 1.5 convention / the paper's SDXL value (spec §9)
 DEFAULT_GUIDANCE = {SD1: 7.5, SDXL: 5.0}
 
@@ -277,8 +278,14 @@ class PairCustomizationPipeline(StyleforgePipeline):
         """
         if output_type not in ("pil", "pt", "latent"):
             raise InputError("output_type must be 'pil', 'pt' or 'latent'")
-        if num_inference_steps < 1:
-            raise InputError("num_inference_steps must be >= 1")
+        scales = style_scale.values() if isinstance(style_scale, Mapping) else (
+            style_scale if isinstance(style_scale, (list, tuple)) else [style_scale])
+        for scale in scales:
+            V.finite.check(scale, "style_scale")
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), guidance_scale=(guidance_scale, V.optional_finite),
+                    lora_scale=(lora_scale, V.finite), style_start_step=(style_start_step, V.Number(int, 0, optional=True)),
+                    style_start_timestep=(style_start_timestep, V.Number(int, 0, optional=True)),
+                    height=(height, V.optional_side), width=(width, V.optional_side))
         if not self.styles and styles is None:
             raise InputError("no style loaded: call load_style(path) first")
         device = self.unet.device
@@ -295,6 +302,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
                                        return_base=return_base, output_type=output_type, callback=callback)
         height = height or self.default_resolution
         width = width or self.default_resolution
+        V.check_working_size(width, height, "the image")
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise InputError(f"height and width must be multiples of {self.vae_scale_factor}, got {width}x{height}")
         state = self.prepare_guidance(prompt, styles=styles, style_scale=style_scale, guidance_scale=guidance_scale,
@@ -369,6 +377,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
         cond = self.encode_prompt(prompt, height=h, width=w)
         state = GuidanceState(cond, None, 1.0)
         settings = dict(prompt=prompt, negative_prompt=prompt, guidance_scale=0.0, seed=None, model_id=self.model_id,
+                        weights=self.weights_fingerprint if cache is not None else "",
                         image_hash=image_hash(pixels), extra={"dtype": str(self.unet.dtype), "method": "pair"})
         inv = cache.get(kind=DDIM, num_inference_steps=num_inference_steps, eta=0.0, **settings) if cache else None
         if inv is None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,8 +144,8 @@ class StyleAdapter:
             with safe_open(str(weights), framework="pt") as f:
                 header = f.metadata() or {}
                 raw = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:
-            raise InputError(f"not a readable safetensors file: {weights} ({type(e).__name__})") from None
+        except Exception:
+            raise InputError(f"{weights} is damaged or not a safetensors file") from None
         sidecar = weights.with_name(STYLE_META) if weights.name == STYLE_WEIGHTS else None
         try:
             if sidecar is not None and sidecar.is_file():
@@ -156,8 +154,10 @@ class StyleAdapter:
                 meta = json.loads(header[_HEADER_KEY])
             else:
                 meta = None
-        except json.JSONDecodeError:
+        except (ValueError, UnicodeDecodeError):  # not JSON, or not text
             raise InputError(f"{weights} has damaged style metadata") from None
+        if meta is not None and not isinstance(meta, dict):
+            raise InputError(f"{weights} has damaged style metadata (not a JSON object)")
         if meta is not None and meta.get("format") != FORMAT:
             raise InputError(f"{weights} is not a styleforge PairCustomization style (format {meta.get('format')!r})")
         if meta is not None and int(meta.get("format_version", 0)) > FORMAT_VERSION:
@@ -231,33 +231,17 @@ def foreign_metadata(tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> d
 
 def atomic_write(path: Path, write) -> Path:
     """``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    from ..io import atomic_write as atomic
+
+    with atomic(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"could not write {path}: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def atomic_dir(final: Path, fill) -> Path:
     """``fill(tmp_dir)`` then rename the folder onto ``final`` (replacing an older one)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    from ..io import atomic_folder
+
+    with atomic_folder(final) as tmp:
         fill(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return Path(final)
