@@ -55,8 +55,9 @@ def _aliases(method: str) -> dict[str, str]:
     names = {}
     for action in command_parser(method)._actions:
         names[action.dest] = action.dest
+        negative = isinstance(action, argparse.BooleanOptionalAction)  # --no-x would read as x itself
         for flag in action.option_strings:
-            if flag.startswith("--"):
+            if flag.startswith("--") and not (negative and flag.startswith("--no-")):
                 names.setdefault(flag.lstrip("-").replace("-", "_"), action.dest)
     names.pop("help", None)
     return names
