@@ -42,6 +42,18 @@ METHODS: dict[str, MethodCommand] = {
     )
 }
 
+# Other commands described the same way, for the web page (training, the comparison); not methods of a batch.
+COMMANDS: dict[str, MethodCommand] = {
+    **METHODS,
+    **{m.name: m for m in (
+        MethodCommand("pair-train", ("pair", "train"), ("content", "styled"), output_is_folder=True,
+                      title="PairCustomization training"),
+        MethodCommand("oneshot-train", ("oneshot", "train"), ("style", "style_photo"), output_is_folder=True,
+                      title="OSASIS training"),
+        MethodCommand("compare", ("compare",), ("pairs",), output_is_folder=True, title="Compare"),
+    )},
+}
+
 # options every command shares that are not per-job settings (they choose the process, not the result)
 RUN_OPTIONS = ("output", "overwrite", "help")
 
@@ -72,12 +84,17 @@ def get_method(name: str) -> MethodCommand:
     return METHODS[name]
 
 
+def get_command(name: str) -> MethodCommand:
+    """A method (:data:`METHODS`) or one of the other :data:`COMMANDS`."""
+    return COMMANDS[name] if name in COMMANDS else get_method(name)
+
+
 def command_parser(method: str) -> argparse.ArgumentParser:
     """The argparse parser of ``method``'s main command, with errors raised as :class:`InputError`."""
     from .cli.main import build_parser
 
     parser = build_parser()
-    for word in get_method(method).words:
+    for word in get_command(method).words:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[word]
 
@@ -179,9 +196,9 @@ def to_argv(method: str, values: Mapping[str, Any]) -> list[str]:
         if dest is None:
             dest, value = _renamed(key, value, options, aliases)
         if dest is None:
-            raise InputError(f"unknown option {key!r} for {method}; see `styleforge {' '.join(get_method(method).words)} --help`")
+            raise InputError(f"unknown option {key!r} for {method}; see `styleforge {' '.join(get_command(method).words)} --help`")
         (positional if options[dest].positional else flagged).extend(_tokens(options[dest], value))
-    return [*get_method(method).words, *positional, *flagged]
+    return [*get_command(method).words, *positional, *flagged]
 
 
 def _renamed(key: str, value: Any, options: Mapping[str, Option], aliases: Mapping[str, str]) -> tuple[str | None, Any]:
@@ -201,7 +218,7 @@ def _renamed(key: str, value: Any, options: Mapping[str, Option], aliases: Mappi
 def make_args(method: str, values: Mapping[str, Any]) -> argparse.Namespace:
     """Parse ``values`` exactly as the command line would: same types, defaults, checks and messages."""
     argv = to_argv(method, values)
-    args = command_parser(method).parse_args(argv[len(get_method(method).words):])
+    args = command_parser(method).parse_args(argv[len(get_command(method).words):])
     args.debug = False
     args.command_line = command_line(method, values)
     return args

@@ -128,6 +128,8 @@ def run(args) -> int:
             write(out.appearance_reconstruction, "appearance_recon")
         if args.save_masks and out.masks:
             for role in ("structure", "appearance"):
+                if out.masks.get(role) is None:  # a run too short to reach the self-segmentation has no mask
+                    continue
                 m = out.masks[role][0, 0].float().cpu().numpy()
                 write(Image.fromarray((m * 255).astype("uint8")).resize(out.transfer.size, Image.NEAREST), f"{role}_mask")
     return 0

@@ -12,7 +12,7 @@ from .common import HelpFormatter, Parser
 
 # (module under styleforge.cli, its subcommands register themselves). Order = order in --help.
 SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "batch", "compare", "invert",
-                                  "tiny_model", "cache"]
+                                  "serve", "tiny_model", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:
