@@ -305,3 +305,31 @@ def test_metrics_json(tmp_path, folders, capsys):
     assert main(["batch", "region", "-o", str(out), "--content-dir", str(cdir), "--style-dir", str(sdir),
                  "--metrics", "sharpness"]) == 2
     assert "unknown metric 'sharpness'" in capsys.readouterr().err
+
+
+def test_oneshot_jobs_write_their_output_folders(tmp_path):
+    """A method whose command writes a folder: each job's files land in OUT/NAME/, as `oneshot apply` writes them."""
+    from styleforge.osasis.tiny import tiny_clip, tiny_models
+
+    models = tiny_models()
+    for name in ("diffae", "latent"):
+        models[name].save_pretrained(tmp_path / name)
+    tiny_clip().save_pretrained(tmp_path / "clip")
+    rs = np.random.RandomState(0)
+    for name in ("art", "style_photo", "photos/p0", "photos/p1"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rs.randint(0, 255, (4, 4, 3), dtype=np.uint8)).resize((32, 32)).save(tmp_path / f"{name}.png")
+    run = tmp_path / "run"
+    assert main(["oneshot", "train", "--style", str(tmp_path / "art.png"), "--style-photo", str(tmp_path / "style_photo.png"),
+                 "-o", str(run), "--model", str(tmp_path / "diffae"), "--latent", str(tmp_path / "latent"), "--clip",
+                 str(tmp_path / "clip"), "--lpips-weight", "0", "--batch-size", "2", "--latent-steps", "5",
+                 "--content-steps", "3", "--encode-steps", "10", "--decode-steps", "4", "--spn-time-input", "grid_index",
+                 "--iterations", "2", "--no-progress", "--device", "cpu"]) == 0
+    options = {"run": str(run), "encode_steps": 10, "decode_steps": 4, "device": "cpu"}
+    summary = batch.run("oneshot", tmp_path / "out", content_dir=tmp_path / "photos", options=options, progress=False,
+                        echo=lambda s: None)
+    assert (summary.done, summary.failed) == (2, 0)
+    assert sorted(_files(tmp_path / "out")) == ["p0/p0.png", "p1/p1.png"]
+    assert main(["oneshot", "apply", "--run", str(run), "--input", str(tmp_path / "photos" / "p1.png"), "--encode-steps", "10",
+                 "--decode-steps", "4", "--device", "cpu", "-o", str(tmp_path / "single")]) == 0
+    assert (tmp_path / "single" / "p1.png").read_bytes() == (tmp_path / "out" / "p1" / "p1.png").read_bytes()

@@ -132,8 +132,9 @@ def run(method: str, output: str | os.PathLike, *, manifest=None, content_dir=No
         summary.failed = len(failed_before)
         if ranks.rank == 0:
             for job in todo:
-                line = parse_job(method, job.argv, str(out / f"{job.name}.png")).command_line
-                echo(f"would run {job.short} {job.name}.png  <- {job.where}: {line}")
+                target = job_output(method, out, job)
+                line = parse_job(method, job.argv, str(target)).command_line
+                echo(f"would run {job.short} {target.relative_to(out)}  <- {job.where}: {line}")
             echo(f"{method}: {len(todo)} to run, {len(skipped)} done before, {len(failed_before)} failed before "
                  f"(--retry-failed reruns them), of {len(jobs)} jobs")
         return summary
@@ -187,7 +188,7 @@ def run_job(method: str, job: Job, out: Path, rank: int = 0, unet: dict | None =
     staging = batch_dir(out) / "staging" / f"rank{rank}" / str(job.index)  # equal ids may run on two ranks at once
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
     staging.mkdir(parents=True, exist_ok=True)
-    target = staging / job.name if METHODS[method].output_is_folder else staging / f"{job.name}.png"
+    target = job_output(method, staging, job)
     entry = {"id": job.id, "name": job.name, "rank": rank}
     before = dict(unet or {})
     t0 = time.perf_counter()
@@ -209,6 +210,11 @@ def run_job(method: str, job: Job, out: Path, rank: int = 0, unet: dict | None =
         entry["unet_calls"] = unet["calls"] - before.get("calls", 0)
         entry["unet_rows"] = unet["rows"] - before.get("rows", 0)
     return entry
+
+
+def job_output(method: str, folder: Path, job: Job) -> Path:
+    """The ``--output`` of a job's command: NAME.png, or the folder NAME/ for commands that write a folder."""
+    return folder / job.name if METHODS[method].output_is_folder else folder / f"{job.name}.png"
 
 
 def _reason(e: BaseException) -> str:
