@@ -309,12 +309,9 @@ def test_metrics_json(tmp_path, folders, capsys):
 
 def test_oneshot_jobs_write_their_output_folders(tmp_path):
     """A method whose command writes a folder: each job's files land in OUT/NAME/, as `oneshot apply` writes them."""
-    from styleforge.osasis.tiny import tiny_clip, tiny_models
+    from styleforge.osasis.tiny import save_tiny_osasis
 
-    models = tiny_models()
-    for name in ("diffae", "latent"):
-        models[name].save_pretrained(tmp_path / name)
-    tiny_clip().save_pretrained(tmp_path / "clip")
+    save_tiny_osasis(tmp_path)
     rs = np.random.RandomState(0)
     for name in ("art", "style_photo", "photos/p0", "photos/p1"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
