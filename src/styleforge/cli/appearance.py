@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_common_args, add_subcommand, int_pair, str2bool
+from .common import add_common_args, add_memory_args, add_subcommand, int_pair, str2bool
 
 
 def register(sub) -> None:
@@ -49,13 +49,13 @@ def register(sub) -> None:
     g.add_argument("--size", type=int, default=None, help="working resolution (default: the model's, 512 for SD 1.5)")
     g = p.add_argument_group("speed and memory")
     g.add_argument("--guidance-rows", choices=("output", "all"), default="output", help="run the plain guidance pass for the output row only (exact) or for all rows (official)")
-    g.add_argument("--attention-chunk-size", type=int, default=None, help="query chunk of the swapped layers (exact; less memory)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
     g = p.add_argument_group("outputs")
     g.add_argument("--num-seeds", type=int, default=1, help="one result per seed: SEED, SEED+1, ... (written as STEM.seedN.png)")
     g.add_argument("--save-strip", action="store_true", help="also write STEM.strip.png: structure | appearance | transfer")
     g.add_argument("--save-reconstructions", action="store_true", help="also write STEM.structure_recon.png and STEM.appearance_recon.png")
     g.add_argument("--save-masks", action="store_true", help="also write the AdaIN masks as STEM.structure_mask.png / STEM.appearance_mask.png")
+    add_memory_args(p, attention_chunking=True)
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, seed_default=42)
     p.set_defaults(func=run)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_common_args, add_subcommand
+from .common import add_common_args, add_memory_args, add_subcommand
 
 
 def register(sub) -> None:
@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--size", type=int, default=None, help="square working resolution (default: the model's)")
     p.add_argument("--reconstruction", default=None, help="also write the reconstruction to this PNG")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+    add_memory_args(p)
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="inversion file (.safetensors)")
     p.set_defaults(func=run)
 

@@ -126,7 +126,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             raise InputError(f"swap_guidance_schedule must be one of {GUIDANCE_SCHEDULES}")
         if guidance_rows not in ("output", "all"):
             raise InputError("guidance_rows must be 'output' or 'all'")
-        device = self.unet.device
+        device = self._execution_device
 
         struct_px = self.preprocess(structure_image, size, name="structure image")
         app_px = self.preprocess(appearance_image, size, name="appearance image")
@@ -160,7 +160,9 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             noise = torch.stack([zs_s, zs_a, zs_s], dim=1).to(device, torch.float32)  # (N, 3, C, h, w)
 
             # 3. attention hooks at the two finest decoder self-attention resolutions
-            controller = AttentionController(self.unet)
+            if attention_chunk_size is None:
+                attention_chunk_size = self.memory_savers.attention_chunk_size
+            controller = AttentionController(self.unet, chunk_size=attention_chunk_size)
             factors = finest_factors(controller.layers, "up", "self", 2)
             if len(factors) < 2:
                 raise InputError("this UNet has fewer than two decoder self-attention resolutions")
@@ -281,19 +283,19 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         return inv
 
     def _user_masks(self, structure_mask, appearance_mask, hw) -> dict:
-        load = lambda m, name: None if m is None else load_mask(m, size=hw, name=name).to(self.unet.device)  # noqa: E731
+        load = lambda m, name: None if m is None else load_mask(m, size=hw, name=name).to(self._execution_device)  # noqa: E731
         return {"structure": load(structure_mask, "structure mask"), "appearance": load(appearance_mask, "appearance mask")}
 
     def _segment(self, capture, token_span, masks, num_segments, seed, hw) -> dict:
         if not token_span:
             warnings.warn("the object noun was not found in the prompt; self-segmentation gives empty masks", stacklevel=3)
-            empty = torch.zeros(1, 1, *hw, device=self.unet.device)
+            empty = torch.zeros(1, 1, *hw, device=self._execution_device)
             return {"structure": masks["structure"] if masks["structure"] is not None else empty,
                     "appearance": masks["appearance"] if masks["appearance"] is not None else empty}
         gen = torch.Generator("cpu").manual_seed(seed)
         app_mask, struct_mask = masks_from_capture(capture, token_span, num_segments=num_segments, generator=gen)
-        return {"structure": masks["structure"] if masks["structure"] is not None else resize_mask(struct_mask, hw).to(self.unet.device),
-                "appearance": masks["appearance"] if masks["appearance"] is not None else resize_mask(app_mask, hw).to(self.unet.device)}
+        return {"structure": masks["structure"] if masks["structure"] is not None else resize_mask(struct_mask, hw).to(self._execution_device),
+                "appearance": masks["appearance"] if masks["appearance"] is not None else resize_mask(app_mask, hw).to(self._execution_device)}
 
     @staticmethod
     def _adain(latents, masks, fallback) -> torch.Tensor:
