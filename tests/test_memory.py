@@ -210,3 +210,31 @@ def test_half_precision_nan_guard_refuses_non_finite_images():
 
     with pytest.raises(InputError, match="fp16"):
         check_finite(torch.tensor([1.0, float("nan")]), "the images")
+
+
+# --------------------------------------------------------------------------------------------- the GPU suite
+
+
+def test_gpu_suite_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+    spec = importlib.util.spec_from_file_location("gpu_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    assert suite.main(["--tiny", "--budget", "1e9", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_suite.json").read_text())
+    rows = report["rows"]
+    assert {r["method"] for r in rows} == {"cross-image", "pix2pix-zeroCon", "pair inference", "pair training",
+                                           "osasis stylize", "osasis training"}
+    assert not report["skipped"] and not [r for r in rows if "error" in r or "naive_error" in r]
+    by = {}
+    for r in rows:
+        by.setdefault((r["method"], r["model"]), {})[r["savers"]] = r
+    for runs in by.values():  # savers change memory and time, never the work
+        assert runs["none"]["unet_rows"] == runs["low-memory"]["unet_rows"] > 0
+    cia = by[("cross-image", "sd1 32px")]["none"]
+    assert cia["naive_unet_rows"] > cia["unet_rows"]  # the official schedule's extra plain-pass rows
+    assert "| cross-image |" in (tmp_path / "gpu_suite.md").read_text()
