@@ -59,6 +59,8 @@ def test_cli_flag_family_parses_into_the_same_keywords():
     add_memory_args(q, offload=None, vae=False, checkpointing="help")  # a training command: no offload, no VAE
     with pytest.raises(SystemExit):
         q.parse_args(["--offload", "model"])
+    low = memory_savers(q.parse_args(["--low-memory"]))  # only the savers the command has
+    assert (low.offload, low.vae_tiling, low.gradient_checkpointing) == ("none", False, True)
 
 
 # --------------------------------------------------------------------------------------------- Cross-Image Attention
@@ -238,3 +240,20 @@ def test_gpu_suite_runs_end_to_end_on_the_cpu_with_tiny_models(tmp_path):
     cia = by[("cross-image", "sd1 32px")]["none"]
     assert cia["naive_unet_rows"] > cia["unet_rows"]  # the official schedule's extra plain-pass rows
     assert "| cross-image |" in (tmp_path / "gpu_suite.md").read_text()
+
+
+def test_cli_memory_flags_load_with_offload_and_give_the_same_image(tmp_path, tiny_sd1_folder):
+    from PIL import Image
+
+    from styleforge.cli.main import main
+
+    s = tmp_path / "s.png"
+    Image.fromarray(IMAGE).save(s)
+    common = ["appearance", "--structure", str(s), "--appearance", str(s), "--domain", "animal", "--model",
+              str(tiny_sd1_folder), "--steps", "4", "--skip-steps", "1", "--adain", "full", "--no-cache",
+              "--device", "cpu"]
+    assert main(common + ["-o", str(tmp_path / "plain.png")]) == 0
+    assert main(common + ["-o", str(tmp_path / "low.png"), "--low-memory", "--offload", "sequential",
+                          "--attention-chunk-size", "7"]) == 0
+    plain, low = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("plain", "low"))
+    assert np.abs(plain - low).max() <= 1  # 8-bit rounding of the fp32 differences

@@ -101,8 +101,15 @@ def add_memory_args(parser: argparse.ArgumentParser, *, offload: tuple[str, ...]
 
 
 def memory_options(args) -> dict:
-    """The memory flags a command was given, as keywords of ``enable_memory_savers`` (absent flags left out)."""
-    return {k: getattr(args, k) for k in MEMORY_OPTIONS if getattr(args, k, None) is not None}
+    """The memory flags a command was given, as keywords of ``enable_memory_savers`` (absent flags left out).
+
+    ``--low-memory`` only turns on the savers the command has: one it lacks (e.g. VAE tiling while training) stays off.
+    """
+    opts = {k: getattr(args, k) for k in MEMORY_OPTIONS if getattr(args, k, None) is not None}
+    if opts.get("low_memory"):
+        lacking = {"offload": "none", "vae_slicing": False, "vae_tiling": False, "gradient_checkpointing": False}
+        opts.update({k: v for k, v in lacking.items() if not hasattr(args, k)})
+    return opts
 
 
 def memory_savers(args):

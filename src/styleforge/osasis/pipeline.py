@@ -139,13 +139,16 @@ class OSASISPipeline:
 
     def enable_memory_savers(self, *, low_memory: bool = False, offload: str | None = None,
                              gradient_checkpointing: bool | None = None,
-                             device: torch.device | str | None = None) -> MemorySavers:
+                             device: torch.device | str | None = None, **not_applicable) -> MemorySavers:
         """The toolkit's memory savers where they apply to a pixel-space DiffAE (no VAE, 256-token attention).
 
         ``offload="model"``: eps_A and eps_B take turns on ``device`` (the SPN, CLIP and latent net stay there);
         ``"sequential"``: every layer streamed from the CPU. ``gradient_checkpointing``: eps_B's activations are
         recomputed in the backward of text-driven manipulation. ``low_memory``: model offload + checkpointing.
         """
+        asked = [k for k, v in not_applicable.items() if v]
+        if asked:
+            raise InputError(f"OSASIS has no {', '.join(asked)} (a pixel-space model without a VAE or long attention)")
         savers = MemorySavers.from_options(low_memory=low_memory, offload=offload,
                                            gradient_checkpointing=gradient_checkpointing)
         device = torch.device(device) if device is not None else self.device
