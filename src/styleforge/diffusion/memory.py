@@ -154,8 +154,8 @@ def gradient_checkpointing(model, enabled: bool = True) -> Iterator[None]:
             model.disable_gradient_checkpointing()
 
 
-def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+def check_finite(tensor: torch.Tensor, what: str, advice: str = "try --dtype fp32 or bf16") -> torch.Tensor:
     """The NaN guard of half precision: refuse non-finite values with advice instead of saving a black image."""
     if not torch.isfinite(tensor).all():
-        raise InputError(f"{what} contain NaN or infinite values (often fp16 overflow): try --dtype fp32 or bf16")
+        raise InputError(f"{what} contain NaN or infinite values (often fp16 overflow): {advice}")
     return tensor

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..diffusion.memory import check_finite
 from ..errors import InputError, OutputError
 from ..io import make_strip, save_image, tensor_to_pil
 from .core import encode_to_t0, generate_photos, initial_noise, sample_semantic_codes, spn_decode_step
@@ -210,6 +211,7 @@ class OSASISTrainer:
         self.opt_unet.zero_grad(set_to_none=True)
         if self.opt_spn is not None:
             self.opt_spn.zero_grad(set_to_none=True)
+        check_finite(terms["total"], f"the loss at iteration {self.iteration + 1}", "try --autocast off or bf16")
         terms["total"].backward()
         self.opt_unet.step()
         if self.opt_spn is not None:

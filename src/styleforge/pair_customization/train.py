@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from ..diffusion.memory import check_finite
 from ..diffusion.pipeline import SDXL, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
 from ..errors import InputError, OutputError
@@ -309,7 +310,8 @@ class PairCustomizationTrainer:
         """
         opt, scaler = self.optimizer, self.scaler
         with self._scope(phase):
-            loss = self._phase_loss(phase, batch)
+            loss = check_finite(self._phase_loss(phase, batch), f"the {phase} loss at iteration {self.iteration}",
+                                "try --mixed-precision no or bf16")
             (scaler.scale(loss) if scaler else loss).backward()
         if self.config.max_grad_norm:
             if scaler:
