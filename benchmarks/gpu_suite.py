@@ -135,8 +135,8 @@ class Suite:
 
         pipe = self.pipeline(CrossImageAttentionPipeline, family, dtype, savers)
         size = self.size(family)
-        K, S = (6, 2) if self.tiny else (100, 32)
-        windows = dict(swap_range_full=(1, 4), swap_range_half=(1, 4)) if self.tiny else {}
+        K, S = (4, 1) if self.tiny else (100, 32)
+        windows = dict(swap_range_full=(0, 3), swap_range_half=(0, 3)) if self.tiny else {}
 
         def once(rows_mode):
             def f():
@@ -155,7 +155,7 @@ class Suite:
 
         pipe = self.pipeline(Pix2PixZeroConPipeline, "sd1", dtype, savers)
         size = self.size("sd1")
-        steps = 4 if self.tiny else 50
+        steps = 2 if self.tiny else 50
         width = pipe.text_encoder.config.hidden_size
         delta = 0.1 * torch.randn(1, 77, width, generator=torch.Generator().manual_seed(1))
 
@@ -178,7 +178,7 @@ class Suite:
         pipe = self.pipeline(PairCustomizationPipeline, family, dtype, savers)
         pipe.load_style(random_style(pipe, 4 if self.tiny else 64), name="style")
         size = self.size(family)
-        steps = 4 if self.tiny else 50
+        steps = 3 if self.tiny else 50
 
         def f():
             return pipe("a photo of a dog", num_inference_steps=steps, style_start_step=1 if self.tiny else 10,

@@ -104,8 +104,7 @@ def _p2p(pipe, **kw):
     return pipe(IMAGE, direction=delta, **{**P2P, **kw}).images
 
 
-@pytest.mark.parametrize("savers", [dict(offload="model"), dict(offload="sequential"),
-                                   dict(gradient_checkpointing=True, vae_slicing=True)])
+@pytest.mark.parametrize("savers", [dict(offload="model"), dict(gradient_checkpointing=True, vae_slicing=True)])
 def test_pix2pix_zerocon_guided_edit_with_savers_equals_the_plain_run(sd1_components, savers):
     from styleforge.pix2pix_zerocon import Pix2PixZeroConPipeline
 
@@ -132,7 +131,7 @@ def pair_style(sd1_components):
     return trainer.export(), trainer
 
 
-@pytest.mark.parametrize("offload", OFFLOADS)
+@pytest.mark.parametrize("offload", ["sequential"])  # the adapters must follow the execution device, not meta
 def test_pair_customization_inference_with_offload_equals_the_plain_run(sd1_components, pair_style, offload):
     from styleforge.pair_customization.pipeline import PairCustomizationPipeline
 
