@@ -63,10 +63,11 @@ def test_edit_friendly_shapes_marginals_and_last_map(sd1_components, scheduler):
     assert inv.latents.shape == (K + 1, 4, 16, 16) and inv.noise.shape == (K, 4, 16, 16)
     assert torch.equal(inv.latents[K], x0[0])
     assert inv.noise[K - 1].abs().sum() == 0
-    draws = torch.randn((K, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    draws = [torch.randn((1, 4, 16, 16), generator=g) for _ in range(K)]  # the official order: least noisy first
     a0 = alpha_bar(scheduler, inv.timesteps[0])
-    # the first latent is never rewritten: it is exactly the direct noising of x0 with the first draw
-    assert torch.allclose(inv.latents[0], a0.sqrt() * x0[0] + (1 - a0).sqrt() * draws[0], atol=1e-6)
+    # the noisiest latent is never rewritten: it is exactly the direct noising of x0 with the last draw
+    assert torch.allclose(inv.latents[0], a0.sqrt() * x0[0] + (1 - a0).sqrt() * draws[-1][0], atol=1e-6)
 
 
 @pytest.mark.parametrize("freeu", ["off", "cia_backbone"])

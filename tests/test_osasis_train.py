@@ -99,7 +99,7 @@ def test_saved_model_reproduces_sampling(tmp_path, images):
     photo = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     s = StylizeSettings(encode_steps=10, decode_steps=10)
     assert torch.equal(pipe.stylize(photo, images[0], s), direct.stylize(photo, images[0], s))
-    assert pipe.spn_time_input == "timestep"
+    assert pipe.spn_time_input == tr.config.spn_time_input == "grid_index"  # the released recipe by default
 
 
 def test_gradient_checkpointing_gives_the_same_update(tmp_path, images):

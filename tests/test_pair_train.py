@@ -158,7 +158,7 @@ def test_save_load_round_trip_and_family_check(sd1_components, sdxl_components, 
     assert meta["rank"] == 4 and meta["targets"] == ["to_q", "to_k", "to_v", "to_out.0"] and meta["styleforge"]
     loaded = StyleAdapter.load(tmp_path / "st")
     assert set(loaded.tensors) == set(trainer.adapters.names)  # style tensors only (content in its own file)
-    assert (tmp_path / "st" / "content.safetensors").exists()
+    assert (tmp_path / "st" / "content" / STYLE_WEIGHTS).exists() and not list((tmp_path / "st").glob("content*.safetensors"))
     pipe = fresh_pipe(sd1_components)
     name = pipe.load_style(tmp_path / "st" / STYLE_WEIGHTS)  # the file alone carries its metadata too
     unet_in = (torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), 300)

@@ -157,3 +157,15 @@ def test_patch_nce_settings_are_validated():
         PatchNCESettings(patch_sizes=(0,))
     with pytest.raises(InputError):
         PatchNCESettings(tau=0)
+
+
+def test_offsets_are_drawn_per_channel_and_level_from_the_height():
+    """The official order: channels outer, pyramid levels inner, each offset from the level's height, which also
+    decides when a non-square pyramid stops (64 high x 16 wide: four levels, not the two the width would allow)."""
+    heights = []
+    loss = autocorrelation_loss(torch.randn(1, 4, 64, 16, generator=_gen(7)), shift=lambda h: heights.append(h) or 1)
+    assert heights == [64, 32, 16, 8] * 4
+    assert torch.isfinite(loss)
+    drawn = []
+    autocorrelation_loss(torch.randn(2, 3, 16, 16, generator=_gen(8)), shift=lambda h: drawn.append(h) or 1)
+    assert drawn == [16, 8] * 6  # every channel of every batch item has its own pyramid

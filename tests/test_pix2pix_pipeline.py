@@ -58,7 +58,7 @@ def _x0(pipe):
 @pytest.mark.parametrize("steps", [1, 3, 10])
 def test_inversion_then_sampling_is_identity_for_an_input_ignoring_unet(sd1_components, steps):
     p = _constant_eps_pipe(sd1_components, 0.3)
-    out = edit(p, num_inference_steps=steps, direction=ZERO, guidance_lr=0.0, **NO_REG)
+    out = edit(p, num_inference_steps=steps, direction=ZERO, guidance_lr=0.0, inversion_grid="symmetric", **NO_REG)
     assert torch.allclose(out.reconstruction, _x0(p), atol=1e-5)
     assert torch.allclose(out.images, _x0(p), atol=1e-5)
 
@@ -67,7 +67,7 @@ def test_zero_noise_inversion_closed_form_and_regulariser_fixed_point(sd1_compon
     p = _constant_eps_pipe(sd1_components, 0.0)
     x0 = _x0(p)
     cond = p.encode_prompt(CAPTION)
-    x_T = p.invert(x0, cond, 10, regularizer=RegularizerSettings(), generator=torch.Generator().manual_seed(0))
+    x_T = p.invert(x0, cond, 10, grid="symmetric", regularizer=RegularizerSettings(), generator=torch.Generator().manual_seed(0))
     a = p.scheduler.alphas_cumprod
     t_last = int(timesteps_for(p.scheduler, 10)[0])
     assert torch.allclose(x_T, (a[t_last] / a[0]).sqrt() * x0, atol=1e-5)  # eps = 0 stays 0 under the regulariser
@@ -83,10 +83,10 @@ def test_inversion_grids(pipe):
     x0, cond = _x0(pipe), pipe.encode_prompt(CAPTION)
     seen, handle = _timesteps_seen(pipe)
     try:
-        pipe.invert(x0, cond, 10, regularizer=RegularizerSettings(steps=0))
+        pipe.invert(x0, cond, 10, grid="symmetric", regularizer=RegularizerSettings(steps=0))
         symmetric = list(seen)
         seen.clear()
-        pipe.invert(x0, cond, 10, grid="p2pzero", regularizer=RegularizerSettings(steps=0))
+        pipe.invert(x0, cond, 10, regularizer=RegularizerSettings(steps=0))  # the default: the official grid
     finally:
         handle.remove()
     sampler = timesteps_for(pipe.scheduler, 10).tolist()
@@ -102,9 +102,25 @@ def test_inversion_is_deterministic_and_regulariser_off_is_plain_ddim(pipe):
     assert not torch.equal(runs[0], other)  # the regulariser's roll offsets are seeded draws
     plain = ddim_invert(noise_predictor(pipe.unet, cond), x0, pipe.scheduler, 4).latents[:1]
     for off in (RegularizerSettings(steps=0), RegularizerSettings(lambda_ac=0, lambda_kl=0)):
-        assert torch.equal(pipe.invert(x0, cond, 4, regularizer=off), plain)
+        assert torch.equal(pipe.invert(x0, cond, 4, grid="symmetric", regularizer=off), plain)
     sampled = [edit(pipe, vae_sample=True, seed=3, guidance_lr=0.0).inverted_latent for _ in range(2)]
     assert torch.equal(sampled[0], sampled[1])
+
+
+def test_images_are_resized_with_lanczos_as_the_official_code(pipe):
+    """With fewer than 3 steps the official grid inverts nothing, so x_T is the encoded (resized) image itself."""
+    from PIL import Image
+
+    from styleforge.io import load_image, pil_to_tensor
+
+    big = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(UserWarning, match="inverts nothing"):
+        out = pipe(big, caption=CAPTION, direction=DELTA, num_inference_steps=2, guidance_lr=0.0, seed=0,
+                   output_type="latent")
+    pil = load_image(big)
+    encode = lambda f: pipe.encode_images(pil_to_tensor(pil.resize((32, 32), f)))  # noqa: E731
+    assert torch.equal(out.inverted_latent, encode(Image.LANCZOS))
+    assert not torch.allclose(out.inverted_latent, encode(Image.BICUBIC), atol=1e-4)
 
 
 def test_reference_pass_with_caption_as_negative_equals_no_cfg(pipe):
@@ -175,11 +191,13 @@ def test_without_guidance_the_edit_is_plain_ddim_with_the_edited_prompt(pipe):
 
 def test_no_gradient_work_when_the_weights_are_zero(pipe):
     n = 3
-    for kw, calls in ((dict(guidance_lr=0.0), 3 * n), (dict(lambda_xa=0.0, lambda_cut=0.0), 3 * n), ({}, 4 * n)):
+    unguided = (n - 2) + 2 * n  # inversion N - 2 (the official grid) + reference N + edit N
+    for kw, calls in ((dict(guidance_lr=0.0), unguided), (dict(lambda_xa=0.0, lambda_cut=0.0), unguided),
+                      ({}, unguided + n)):
         with count_unet_calls(pipe.unet) as counts:
             out = edit(pipe, num_inference_steps=n, return_log=True, **kw)
-        assert counts["calls"] == calls, kw  # inversion N + reference N + edit N (+ N guided forwards)
-        assert all(e["guided"] == (calls == 4 * n) for e in out.log)
+        assert counts["calls"] == calls, kw  # (+ N guided forwards)
+        assert all(e["guided"] == (calls > unguided) for e in out.log)
 
 
 def test_reference_is_independent_of_the_edit(pipe):

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -47,12 +47,16 @@ class Method:
     name: str
     run: MethodFn
     description: str = ""
+    options: tuple[str, ...] | None = None  # the method's own option names (None: not declared, anything goes)
 
 
 _REGISTRY: dict[str, Method] = {}
+#: options every method takes (also per method, e.g. region.model=FOLDER)
+SHARED_OPTIONS = ("model", "device", "dtype", "offline")
 
 
-def register_method(name: str, fn: MethodFn | None = None, *, description: str = "", replace: bool = False):
+def register_method(name: str, fn: MethodFn | None = None, *, description: str = "", replace: bool = False,
+                    options: Sequence[str] | None = None):
     """Register ``fn`` under ``name`` (usable as a decorator: ``@register_method("mine")``)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"method names are letters, digits, '_', '-', '.': {name!r}")
@@ -60,7 +64,8 @@ def register_method(name: str, fn: MethodFn | None = None, *, description: str =
     def add(f: MethodFn) -> MethodFn:
         if name in _REGISTRY and not replace:
             raise ValueError(f"a method named {name!r} is already registered (pass replace=True)")
-        _REGISTRY[name] = Method(name, f, description or (f.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = Method(name, f, description or (f.__doc__ or "").strip().split("\n")[0],
+                                 None if options is None else tuple(options))
         return f
 
     return add(fn) if fn is not None else add
@@ -99,7 +104,8 @@ def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, 
                metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size})
 
 
-register_method("region", run_region, description="region-wise photorealistic stylizer (TCP); options: model, strength, mask")
+register_method("region", run_region, description="region-wise photorealistic stylizer (TCP); options: model, strength, mask",
+                options=("strength", "mask", "paste_back"))
 
 _PIPELINE_CACHE: dict = {}
 
@@ -140,7 +146,8 @@ def run_cross_image(content: Path, reference: Path, out: Path, seed: int, size: 
 
 
 register_method("cross-image", run_cross_image,
-                description="Cross-Image Attention (zero-shot, Stable Diffusion); options: model, domain, num_inference_steps, ...")
+                description="Cross-Image Attention (zero-shot, Stable Diffusion); options: model, domain, num_inference_steps, ...",
+                options=_CROSS_IMAGE_CALL_OPTIONS)
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -207,7 +214,11 @@ def _pairs_from_folder(folder: Path) -> list[Pair]:
 
 def _pairs_from_list(path: Path) -> list[Pair]:
     pairs = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        raise InputError(f"{path} is not a text list of pairs (one 'content reference' line each)") from None
+    for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -271,17 +282,10 @@ class Report:
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"could not write {path}: {e}") from None
+    from .io import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 
@@ -323,14 +327,14 @@ def compare(
     :data:`~styleforge.metrics.suite.DEFAULT_METRICS`; ``[]`` for none); ``suite``: a
     :class:`~styleforge.metrics.suite.MetricSuite` (networks, weights, random mode).
     """
-    from tqdm.auto import tqdm
-
-    from .metrics.suite import DEFAULT_METRICS, METRICS, MetricSuite
+    from .io import check_not_an_input
+    from .metrics.suite import DEFAULT_METRICS, METRICS
 
     if seed_policy not in SEED_POLICIES:
         raise InputError(f"seed policy must be one of {SEED_POLICIES}, got {seed_policy!r}")
-    if size < 16:
-        raise InputError(f"--size must be at least 16 pixels, got {size}")
+    from .validation import Number, MAX_WORKING_SIDE
+
+    Number(int, 16, MAX_WORKING_SIDE, what="a size in pixels").check(size, "size")
     outputs = dict(outputs or {})
     methods = list(methods)
     if not methods and not outputs:
@@ -347,6 +351,7 @@ def compare(
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; available: {', '.join(METRICS)}")
+    _check_method_options(methods, options or {})
     pairs = load_pairs(pairs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -354,7 +359,49 @@ def compare(
     existing = [f for f in REPORT_FILES if (out_dir / f).exists()]
     if existing and not overwrite:
         raise OutputError(f"{out_dir} already holds a report ({', '.join(existing)}); pass --overwrite to replace it")
+    for p in pairs:
+        check_not_an_input(out_dir, [p.content, p.reference])
     matched = {name: match_outputs(folder, pairs) for name, folder in outputs.items()}
+    before = set(out_dir.rglob("*")) if out_dir.exists() else None
+    try:
+        return _run_compare(pairs, out_dir, methods, outputs, matched, seed, seed_policy, size, options, shared_options,
+                            metrics, suite, overwrite, progress)
+    except BaseException:  # a failed comparison leaves nothing of its own behind (copied inputs, partial outputs)
+        _remove_new_files(out_dir, before)
+        raise
+
+
+def _check_method_options(methods: Sequence[str], options: Mapping[str, dict]) -> None:
+    for name, opts in options.items():
+        if name not in methods:
+            raise InputError(f"--method-option {name}.{next(iter(opts), 'KEY')}: {name!r} is not among the methods run "
+                             f"({', '.join(methods) or 'none'})")
+        declared = get_method(name).options
+        allowed = SHARED_OPTIONS + tuple(declared or ())
+        unknown = sorted(set(opts) - set(allowed)) if declared is not None else []
+        if unknown:
+            raise InputError(f"--method-option {name}.{unknown[0]}: unknown option of {name!r}; it takes "
+                             f"{', '.join(allowed)}")
+
+
+def _remove_new_files(out_dir: Path, before: set | None) -> None:
+    if before is None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    if not out_dir.exists():
+        return
+    for path in sorted(set(out_dir.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _run_compare(pairs, out_dir, methods, outputs, matched, seed, seed_policy, size, options, shared_options, metrics,
+                 suite, overwrite, progress) -> Report:
+    from tqdm.auto import tqdm
+
+    from .metrics.suite import MetricSuite
 
     inputs = _prepare_inputs(pairs, out_dir, size, overwrite)
     seeds = [seed if seed_policy == "same" else seed + i for i in range(len(pairs))]
@@ -377,7 +424,7 @@ def compare(
             except StyleforgeError as e:
                 column.append(Cell(None, str(e)))
             except Exception as e:  # one failing method must not lose the others' results
-                column.append(Cell(None, f"{type(e).__name__}: {e}"))
+                column.append(Cell(None, str(e).strip().splitlines()[0] if str(e).strip() else "failed"))
         if all(c.error for c in column):
             first = column[0].error
             raise StyleforgeError(f"method {name!r} failed on every pair: {first}")

@@ -62,6 +62,8 @@ def _reason(e: Exception) -> str:
         return "the repository needs a Hugging Face login"
     if "404" in text or "not found" in text:
         return "no such repository"
+    if "not a local folder" in text or "valid model identifier" in text:
+        return "no such local folder or hub repository"
     if "cannot find" in text or "local_files_only" in text or "offline" in text:
         return "not in the local cache and the hub could not be reached"
-    return type(e).__name__
+    return "its files could not be loaded"

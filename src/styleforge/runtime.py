@@ -51,3 +51,28 @@ def peak_memory_mb(device: torch.device | str) -> float:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def stop_if_diverged(losses, iteration: int) -> None:
+    """Stop a training run whose loss is NaN or infinite, before that step is applied or saved."""
+    import math
+
+    from .errors import TrainingDiverged
+
+    items = losses.items() if hasattr(losses, "items") else [("training", losses)]
+    bad = [name for name, value in items if not math.isfinite(float(value))]
+    if bad:
+        raise TrainingDiverged(f"training stopped at iteration {iteration}: the {', '.join(bad)} loss is not finite "
+                               "(NaN or infinite), so nothing more was saved and the last good checkpoint is kept; "
+                               "lower the learning rate or check the loss weights")
+
+
+def stop_if_weights_diverged(tensors, iteration: int) -> None:
+    """Refuse to save weights with NaN or infinite values (``tensors``: name -> tensor)."""
+    from .errors import TrainingDiverged
+
+    for name, t in tensors.items():
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise TrainingDiverged(f"training stopped at iteration {iteration}: weight {name} is not finite (NaN or "
+                                   "infinite), so it was not saved and the last good checkpoint is kept; lower the "
+                                   "learning rate, set a finite --max-grad-norm or check the loss weights")

@@ -151,7 +151,10 @@ def save_tiny_model(folder: str | Path, family: str = SD1, seed: int = 0) -> Pat
         pipe = StableDiffusionPipeline(**c, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
         pipe = StableDiffusionXLPipeline(**c)
-    pipe.save_pretrained(folder)
+    from .io import atomic_folder
+
+    with atomic_folder(folder) as tmp:  # complete or absent: a full disk leaves no partial model folder
+        pipe.save_pretrained(tmp)
     return Path(folder)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import add_common_args, add_memory_args, add_subcommand, int_pair, str2bool
+from .. import validation as V
+from .common import add_common_args, add_memory_args, add_subcommand, str2bool
 
 
 def register(sub) -> None:
@@ -23,35 +24,35 @@ def register(sub) -> None:
     g.add_argument("--structure-inversion", default=None, help="precomputed edit-friendly inversion (.safetensors) of the structure image")
     g.add_argument("--appearance-inversion", default=None, help="precomputed edit-friendly inversion of the appearance image")
     g = p.add_argument_group("method")
-    g.add_argument("--steps", "--num-inference-steps", dest="num_inference_steps", type=int, default=100, help="DDIM grid size K")
-    g.add_argument("--skip-steps", type=int, default=32, help="noisiest steps skipped S")
-    g.add_argument("--swap-range-full", type=int_pair, default=(10, 90), help="START,END iterations of cross-image attention at the latent's resolution (code: cross_attn_64_range)")
-    g.add_argument("--swap-range-half", type=int_pair, default=(10, 70), help="START,END at half that resolution (code: cross_attn_32_range)")
-    g.add_argument("--contrast-strength", type=float, default=1.67, help="attention contrast beta (1 = off)")
+    g.add_argument("--steps", "--num-inference-steps", dest="num_inference_steps", type=V.steps, default=100, help="DDIM grid size K")
+    g.add_argument("--skip-steps", type=V.non_negative_int, default=32, help="noisiest steps skipped S")
+    g.add_argument("--swap-range-full", type=V.int_pair, default=(10, 90), help="START,END iterations of cross-image attention at the latent's resolution (code: cross_attn_64_range)")
+    g.add_argument("--swap-range-half", type=V.int_pair, default=(10, 70), help="START,END at half that resolution (code: cross_attn_32_range)")
+    g.add_argument("--contrast-strength", type=V.positive, default=1.67, help="attention contrast beta (1 = off)")
     g.add_argument("--contrast-clip", type=str2bool, default=True, help="clip the contrasted map to [0, 1] without renormalising (official)")
-    g.add_argument("--swap-guidance-scale", type=float, default=3.5, help="appearance guidance alpha (<= 1: off)")
+    g.add_argument("--swap-guidance-scale", type=V.finite, default=3.5, help="appearance guidance alpha (<= 1: off)")
     g.add_argument("--swap-guidance-schedule", choices=("linear_to_half", "constant"), default="linear_to_half", help="alpha decays to max(alpha/2, 1) (code) or stays constant (paper)")
-    g.add_argument("--guidance-range", type=int_pair, default=None, help="START,END iterations (inclusive) with guidance (default: the full-resolution swap range)")
+    g.add_argument("--guidance-range", type=V.int_pair, default=None, help="START,END iterations (inclusive) with guidance (default: the full-resolution swap range)")
     g.add_argument("--adain", choices=("masked", "full", "off"), default="masked", help="AdaIN on the output latent")
-    g.add_argument("--adain-range", type=int_pair, default=(20, 100), help="START,END iterations with AdaIN")
+    g.add_argument("--adain-range", type=V.int_pair, default=(20, 100), help="START,END iterations with AdaIN")
     g.add_argument("--mask-fallback", choices=("full", "none"), default="full", help="an empty mask: full AdaIN with a warning, or the official NaN")
     g.add_argument("--structure-injection", type=str2bool, default=True, help="use the structure's keys/values on some early steps")
-    g.add_argument("--structure-injection-period", type=int, default=5, help="inject every N steps")
-    g.add_argument("--structure-injection-limit", type=int, default=40, help="only before this step")
+    g.add_argument("--structure-injection-period", type=V.count, default=5, help="inject every N steps")
+    g.add_argument("--structure-injection-limit", type=V.non_negative_int, default=40, help="only before this step")
     g.add_argument("--step-index-lag", type=int, choices=(0, 1), default=1, help="1 replicates the code's one-step window lag; 0 is the paper")
     g.add_argument("--freeu", choices=("cia_backbone", "official", "off"), default="cia_backbone", help="FreeU variant (also during inversion)")
     for name, default in (("b1", 1.2), ("b2", 1.4), ("s1", 0.9), ("s2", 0.2)):
-        g.add_argument(f"--freeu-{name}", type=float, default=default, help=f"FreeU {name}")
-    g.add_argument("--inversion-guidance-scale", type=float, default=3.5, help="CFG of the inversion")
+        g.add_argument(f"--freeu-{name}", type=V.finite, default=default, help=f"FreeU {name}")
+    g.add_argument("--inversion-guidance-scale", type=V.finite, default=3.5, help="CFG of the inversion")
     g.add_argument("--exact-reconstruction", action="store_true", help="denoise with the inversion's CFG too (exact reconstructions, 2x cost)")
-    g.add_argument("--num-segments", type=int, default=5, help="k-means clusters of the self-segmentation")
-    g.add_argument("--segmentation-seed", type=int, default=1, help="k-means seed")
-    g.add_argument("--size", type=int, default=None, help="working resolution (default: the model's, 512 for SD 1.5)")
+    g.add_argument("--num-segments", type=V.Number(int, 1, 64), default=5, help="k-means clusters of the self-segmentation")
+    g.add_argument("--segmentation-seed", type=int, default=1, help="seed of the k-means RandomState (scikit-learn KMeans; the official code: 1)")
+    g.add_argument("--size", type=V.side, default=None, help="working resolution (default: the model's, 512 for SD 1.5)")
     g = p.add_argument_group("speed and memory")
     g.add_argument("--guidance-rows", choices=("output", "all"), default="output", help="run the plain guidance pass for the output row only (exact) or for all rows (official)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
     g = p.add_argument_group("outputs")
-    g.add_argument("--num-seeds", type=int, default=1, help="one result per seed: SEED, SEED+1, ... (written as STEM.seedN.png)")
+    g.add_argument("--num-seeds", type=V.Number(int, 1, 1000), default=1, help="one result per seed: SEED, SEED+1, ... (written as STEM.seedN.png)")
     g.add_argument("--save-strip", action="store_true", help="also write STEM.strip.png: structure | appearance | transfer")
     g.add_argument("--save-reconstructions", action="store_true", help="also write STEM.structure_recon.png and STEM.appearance_recon.png")
     g.add_argument("--save-masks", action="store_true", help="also write the AdaIN masks as STEM.structure_mask.png / STEM.appearance_mask.png")
@@ -76,7 +77,8 @@ def _outputs(args, seed):
     if args.save_masks:
         paths["structure_mask"] = sibling_path(main, "structure_mask")
         paths["appearance_mask"] = sibling_path(main, "appearance_mask")
-    inputs = [args.structure, args.appearance, args.structure_mask, args.appearance_mask]
+    inputs = [args.structure, args.appearance, args.structure_mask, args.appearance_mask, args.structure_inversion,
+              args.appearance_inversion]
     return {k: check_output_path(v, overwrite=args.overwrite, inputs=[i for i in inputs if i]) for k, v in paths.items()}
 
 

@@ -7,9 +7,22 @@ diffusers are imported inside ``run``.
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
+
+from .. import validation as V
+from ..validation import fraction_pair, int_pair  # noqa: F401  (START,END options of several commands)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"styleforge: error: {where}{message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -48,23 +61,6 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
-def pair_of(cast, what: str):
-    """An argparse type for ``"A,B"`` -> (cast(A), cast(B)), e.g. an iteration window ``"10,90"``."""
-
-    def parse(value: str):
-        try:
-            a, b = (cast(x) for x in value.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected two {what} as START,END, got {value!r}") from None
-        return a, b
-
-    return parse
-
-
-int_pair = pair_of(int, "integers")
-fraction_pair = pair_of(float, "fractions")
-
-
 OFFLOAD_CHOICES = ("none", "model", "sequential")  # styleforge.diffusion.memory.OFFLOAD_MODES (kept import-free)
 #: the memory flags' destinations, in MemorySavers' keyword names
 MEMORY_OPTIONS = ("low_memory", "offload", "vae_slicing", "vae_tiling", "vae_tile_size", "attention_chunk_size",
@@ -92,9 +88,9 @@ def add_memory_args(parser: argparse.ArgumentParser, *, offload: tuple[str, ...]
         g.add_argument("--vae-tiling", action="store_const", const=True, default=None,
                        help="encode and decode in overlapping tiles (approximate: tiles are blended; only for images "
                             "larger than a tile)")
-        g.add_argument("--vae-tile-size", type=int, default=None, help="tile side in pixels (default: the VAE's, 512 for SD 1.5)")
+        g.add_argument("--vae-tile-size", type=V.side, default=None, help="tile side in pixels (default: the VAE's, 512 for SD 1.5)")
     if attention_chunking:
-        g.add_argument("--attention-chunk-size", type=int, default=None,
+        g.add_argument("--attention-chunk-size", type=V.count, default=None,
                        help="compute explicit attention maps this many query rows at a time (exact)")
     if checkpointing:
         g.add_argument("--gradient-checkpointing", action="store_const", const=True, default=None, help=checkpointing)
@@ -128,8 +124,50 @@ def load_pipeline(cls, args):
 
     savers = memory_savers(args)
     offloading = savers.offload != "none"
-    pipe = cls.from_pretrained(args.model, torch_dtype=args.dtype, device=None if offloading else args.device,
-                               offline=args.offline or None)
-    if savers != type(savers)() or offloading:
-        pipe.enable_memory_savers(**memory_options(args), device=resolve_device(args.device))
-    return pipe
+
+    def load():
+        pipe = cls.from_pretrained(args.model, torch_dtype=args.dtype, device=None if offloading else args.device,
+                                   offline=args.offline or None)
+        if savers != type(savers)():
+            pipe.enable_memory_savers(**memory_options(args), device=resolve_device(args.device))
+        return pipe
+
+    return cached_model((cls.__qualname__, args.model, args.dtype, args.device, bool(args.offline), savers), load)
+
+
+# Models kept loaded between commands run in one process (the batch runner and the web page turn this on; a
+# command-line call runs one command, so it loads its model once anyway).
+_MODELS: dict[tuple, Any] = {}
+_KEEP = {"on": False}
+
+
+def keep_models(on: bool = True) -> None:
+    """Keep every model a command loads, keyed by what it was loaded from, for the next command in this process."""
+    _KEEP["on"] = on
+    if not on:
+        unload_models()
+
+
+def cached_model(key: tuple, load: Callable[[], Any]) -> Any:
+    """``load()``, or the object an earlier command loaded under ``key`` while :func:`keep_models` is on."""
+    if not _KEEP["on"]:
+        return load()
+    if key not in _MODELS:
+        _MODELS[key] = load()
+    return _MODELS[key]
+
+
+def loaded_models() -> list[tuple]:
+    return list(_MODELS)
+
+
+def unload_models() -> None:
+    """Drop every kept model (and free the GPU memory they held)."""
+    _MODELS.clear()
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import validation as V
 from .common import DEVICES, DTYPES, add_subcommand
 
 METRIC_COMMANDS = ("lpips", "ssim", "psnr", "gram", "structure", "dreamsim", "identity", "fid", "artfid", "iou", "clip-score")
@@ -48,7 +49,7 @@ def register(sub) -> None:
                         "pair index); repeatable")
     p.add_argument("--method-option", action="append", type=_key_value, default=[], metavar="METHOD.KEY=VALUE",
                    help="an option for one method, e.g. region.strength=0.5; repeatable")
-    p.add_argument("--size", type=int, default=256, help="working resolution: every input is centre-cropped and resized to SIZE x SIZE")
+    p.add_argument("--size", type=V.Number(int, 16, V.MAX_WORKING_SIDE, what="a size in pixels"), default=256, help="working resolution: every input is centre-cropped and resized to SIZE x SIZE")
     p.add_argument("--seed", type=int, default=0, help="seed given to every method")
     p.add_argument("--seed-policy", choices=("same", "per-pair"), default="same",
                    help="'same': SEED for every pair; 'per-pair': SEED + pair index (identical across methods either way)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import validation as V
 from .common import add_common_args, add_memory_args, add_subcommand
 
 
@@ -15,11 +16,11 @@ def register(sub) -> None:
     p.add_argument("--prompt", default="", help="prompt used for inversion")
     p.add_argument("--negative-prompt", default="", help="unconditional prompt for guidance")
     p.add_argument("--kind", choices=("edit-friendly", "ddim"), default="edit-friendly", help="inversion kind")
-    p.add_argument("--steps", "--num-inference-steps", dest="num_inference_steps", type=int, default=50, help="grid size K")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance during inversion")
-    p.add_argument("--eta", type=float, default=1.0, help="edit-friendly DDPM eta")
+    p.add_argument("--steps", "--num-inference-steps", dest="num_inference_steps", type=V.steps, default=50, help="grid size K")
+    p.add_argument("--guidance-scale", type=V.finite, default=1.0, help="classifier-free guidance during inversion")
+    p.add_argument("--eta", type=V.non_negative, default=1.0, help="edit-friendly DDPM eta")
     p.add_argument("--keep-last-noise", action="store_true", help="keep the last noise map (exact reconstruction) instead of zeroing it as the official code does")
-    p.add_argument("--size", type=int, default=None, help="square working resolution (default: the model's)")
+    p.add_argument("--size", type=V.side, default=None, help="square working resolution (default: the model's)")
     p.add_argument("--reconstruction", default=None, help="also write the reconstruction to this PNG")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
     add_memory_args(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from .. import validation as V
 from .common import add_common_args, add_memory_args, add_subcommand, memory_options, memory_savers, str2bool
 
 DEFAULT_DIFFAE = "checkpoints/ffhq256_autoenc/last.ckpt"
@@ -35,13 +36,13 @@ def _register_prepare(steps) -> None:
     p = add_subcommand(steps, "prepare", help="stage 0: make the photo-like counterpart of the artwork (P2 DDPM, SDEdit)")
     p.add_argument("--style", required=True, help="the artwork")
     g = p.add_argument_group("method")
-    g.add_argument("--num-candidates", type=int, default=30, help="SDEdit candidates (paper 30; official script 1)")
-    g.add_argument("--steps", type=int, default=50, help="fractional respacing of the DDPM")
-    g.add_argument("--t0-ratio", type=float, default=0.5, help="noise level as a fraction of the grid")
+    g.add_argument("--num-candidates", type=V.count, default=30, help="SDEdit candidates (paper 30; official script 1)")
+    g.add_argument("--steps", type=V.steps, default=50, help="fractional respacing of the DDPM")
+    g.add_argument("--t0-ratio", type=V.open_fraction, default=0.5, help="noise level as a fraction of the grid")
     g.add_argument("--plan", choices=("official", "consistent"), default="official", help="official denoises from one index below the noised one")
-    g.add_argument("--l1-weight", type=float, default=10.0, help="selection score: weight of mean |x - style|")
-    g.add_argument("--lpips-weight", type=float, default=1.0, help="selection score: weight of LPIPS-VGG (0 skips loading it)")
-    g.add_argument("--batch-size", type=int, default=8, help="candidates per DDPM batch")
+    g.add_argument("--l1-weight", type=V.non_negative, default=10.0, help="selection score: weight of mean |x - style|")
+    g.add_argument("--lpips-weight", type=V.non_negative, default=1.0, help="selection score: weight of LPIPS-VGG (0 skips loading it)")
+    g.add_argument("--batch-size", type=V.count, default=8, help="candidates per DDPM batch")
     g.add_argument("--clamp", type=str2bool, default=True, help="clip x0 to [-1, 1] at every step")
     g.add_argument("--save-candidates", action="store_true", help="also write every candidate to run/candidates/")
     _lpips_args(p)
@@ -122,7 +123,10 @@ def run_prepare(args) -> int:
     if args.save_candidates:
         for i, img in enumerate(tensor_to_pil(cands.float())):
             save_image(img, run / "candidates" / f"candidate_{i:03d}.png", metadata={**meta, "index": i}, overwrite=True)
-    (run / "prepare.json").write_text(json.dumps(meta, indent=2))
+    from ..io import atomic_write
+
+    with atomic_write(run / "prepare.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
     return 0
 
 
@@ -143,38 +147,40 @@ def _register_train(steps) -> None:
     g.add_argument("--clip-preprocess", choices=("official", "proper"), default="official", help="nearest resize, no normalisation (official) or bicubic + CLIP mean/std")
     _lpips_args(p)
     g = p.add_argument_group("schedule")
-    g.add_argument("--iterations", type=int, default=d.iterations, help="training iterations (each = one update per decode step)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="synthetic content faces per iteration")
-    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of eps_B")
-    g.add_argument("--spn-lr", type=float, default=d.spn_lr, help="Adam learning rate of the SPN")
-    g.add_argument("--t0-ratio", type=float, default=d.t0_ratio, help="encoding depth t0 / T")
-    g.add_argument("--encode-steps", type=int, default=d.encode_steps, help="DDIM grid for encoding (T_train_for)")
-    g.add_argument("--decode-steps", type=int, default=d.decode_steps, help="DDIM grid for decoding (T_train_back)")
-    g.add_argument("--plan", choices=("official", "consistent"), default=d.plan, help="decode from one stride below t0 (official) or from t0")
-    g.add_argument("--latent-steps", type=int, default=d.latent_steps, help="latent DDIM steps for sampling content codes")
-    g.add_argument("--content-steps", type=int, default=d.content_steps, help="DDIM steps for generating content faces")
+    g.add_argument("--iterations", type=V.count, default=d.iterations, help="training iterations (each = one update per decode step)")
+    g.add_argument("--batch-size", type=V.count, default=d.batch_size, help="synthetic content faces per iteration")
+    g.add_argument("--lr", type=V.positive, default=d.lr, help="Adam learning rate of eps_B")
+    g.add_argument("--spn-lr", type=V.positive, default=d.spn_lr, help="Adam learning rate of the SPN")
+    g.add_argument("--t0-ratio", type=V.open_fraction, default=d.t0_ratio, help="encoding depth t0 / T")
+    g.add_argument("--encode-steps", type=V.steps, default=d.encode_steps, help="DDIM grid for encoding (T_train_for)")
+    g.add_argument("--decode-steps", type=V.steps, default=d.decode_steps, help="DDIM grid for decoding (T_train_back)")
+    g.add_argument("--plan", choices=("official", "consistent"), default=d.plan,
+                   help="decode from one stride below t0 (official, the released recipe) or from t0 itself (ours)")
+    g.add_argument("--latent-steps", type=V.steps, default=d.latent_steps, help="latent DDIM steps for sampling content codes")
+    g.add_argument("--content-steps", type=V.steps, default=d.content_steps, help="DDIM steps for generating content faces")
     g.add_argument("--clamp", type=str2bool, default=d.clamp, help="clip x0 to [-1, 1]")
     g.add_argument("--dropout", type=str2bool, default=d.dropout, help="keep eps_B's dropout active while training (official)")
     g.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off", help="run eps_B/SPN forward passes under autocast (GPU speed); weights stay fp32")
     g = p.add_argument_group("SPN")
     g.add_argument("--spn", choices=("time", "plain", "none"), default=d.spn, help="time-conditioned SPN (official), time-free, or none")
-    g.add_argument("--spn-time-input", choices=("grid_index", "timestep"), default=d.spn_time_input, help="what the SPN's time input is")
-    g.add_argument("--spn-weight", type=float, default=d.spn_weight, help="lambda_SPN of the content branch")
-    g.add_argument("--style-spn-weight", type=float, default=d.style_spn_weight, help="SPN weight of the style branch (official 1.0; paper: lambda)")
+    g.add_argument("--spn-time-input", choices=("grid_index", "timestep"), default=d.spn_time_input,
+                   help="the SPN's time input: the decode grid index (official) or the timestep (ours, grid-independent)")
+    g.add_argument("--spn-weight", type=V.non_negative, default=d.spn_weight, help="lambda_SPN of the content branch")
+    g.add_argument("--style-spn-weight", type=V.non_negative, default=d.style_spn_weight, help="SPN weight of the style branch (official 1.0; paper: lambda)")
     g.add_argument("--zero-init-spn", action="store_true", help="zero the SPN's output conv (start from plain DiffAE)")
     g = p.add_argument_group("losses (Eq. 26)")
-    g.add_argument("--cross-weight", type=float, default=d.weights.cross, help="cross-domain directional loss")
-    g.add_argument("--in-weight", type=float, default=d.weights.in_domain, help="in-domain directional loss")
-    g.add_argument("--l1-weight", type=float, default=d.weights.recon_l1, help="reconstruction L1")
-    g.add_argument("--lpips-weight", type=float, default=d.weights.recon_lpips, help="reconstruction LPIPS-VGG (0 skips loading it)")
-    g.add_argument("--clip-weight", type=float, default=d.weights.recon_clip, help="reconstruction CLIP")
+    g.add_argument("--cross-weight", type=V.non_negative, default=d.weights.cross, help="cross-domain directional loss")
+    g.add_argument("--in-weight", type=V.non_negative, default=d.weights.in_domain, help="in-domain directional loss")
+    g.add_argument("--l1-weight", type=V.non_negative, default=d.weights.recon_l1, help="reconstruction L1")
+    g.add_argument("--lpips-weight", type=V.non_negative, default=d.weights.recon_lpips, help="reconstruction LPIPS-VGG (0 skips loading it)")
+    g.add_argument("--clip-weight", type=V.non_negative, default=d.weights.recon_clip, help="reconstruction CLIP")
     g.add_argument("--clip-recon", choices=("cosine", "l1"), default=d.clip_recon, help="1 - cos (official) or the paper's L1 norm")
     g = p.add_argument_group("checkpoints")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="iterations between checkpoints (0: only at the end)")
-    g.add_argument("--sample-every", type=int, default=d.sample_every, help="iterations between sample strips (0: never)")
-    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept (0: all)")
+    g.add_argument("--checkpoint-every", type=V.non_negative_int, default=d.checkpoint_every, help="iterations between checkpoints (0: only at the end)")
+    g.add_argument("--sample-every", type=V.non_negative_int, default=d.sample_every, help="iterations between sample strips (0: never)")
+    g.add_argument("--keep-checkpoints", type=V.non_negative_int, default=d.keep_checkpoints, help="newest checkpoints kept (0: all)")
     g.add_argument("--resume", nargs="?", const=True, default=False, help="continue from the latest checkpoint in RUN/ckpt (or the given file)")
-    g.add_argument("--stop-after", type=int, default=None, help="stop this call after N iterations (checkpointing first)")
+    g.add_argument("--stop-after", type=V.count, default=None, help="stop this call after N iterations (checkpointing first)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_memory_args(p, offload=None, vae=False, checkpointing="recompute eps_B activations in backward (exact; less memory, more time)")
     add_common_args(p, model_default=DEFAULT_DIFFAE, model_help="DiffAE FFHQ-256 autoencoder: official last.ckpt or a saved folder",
@@ -212,7 +218,7 @@ def run_train(args) -> int:
     from ..io import save_image, tensor_to_pil
     from ..osasis.losses import LossWeights
     from ..osasis.models import DiffAEAutoencoder, LatentDDIMNet
-    from ..osasis.train import OSASISTrainer, TrainConfig
+    from ..osasis.train import TrainConfig
 
     run = Path(args.output)
     config = TrainConfig(
@@ -243,8 +249,23 @@ def run_train(args) -> int:
     if run_style.exists() and not run_style.samefile(args.style):
         if not args.overwrite and (_style_tensor(run_style, size) - style).abs().max() > 1 / 127.5:
             raise InputError(f"{run_style} (from prepare) is not the --style artwork; use the same artwork or --overwrite")
-    if not run_style.exists() or (args.overwrite and not run_style.samefile(args.style)):
-        save_image(tensor_to_pil(style)[0], run_style, overwrite=True, inputs=[args.style])
+    new_style = not run_style.exists()
+    try:
+        if new_style or (args.overwrite and not run_style.samefile(args.style)):
+            save_image(tensor_to_pil(style)[0], run_style, overwrite=True, inputs=[args.style])
+        _train(args, run, config, unet_a, latent, style, photo, device)
+    except BaseException:
+        if new_style and not any((run / "ckpt").glob("iter_*.pt")):  # a failed first run leaves no style.png behind
+            run_style.unlink(missing_ok=True)
+        raise
+    return 0
+
+
+def _train(args, run, config, unet_a, latent, style, photo, device) -> None:
+    from pathlib import Path
+
+    from ..osasis.train import OSASISTrainer
+
     embed = _clip(args.clip, args.offline or None, args.clip_preprocess, need_tokenizer=False).to(device)
     perceptual = _lpips(args, args.lpips_weight)
     if perceptual is not None:
@@ -260,7 +281,6 @@ def run_train(args) -> int:
         print(f"wrote {run / 'model'} (iteration {trainer.iteration})")
     else:
         print(f"stopped at iteration {trainer.iteration}; continue with --resume")
-    return 0
 
 
 # ------------------------------------------------------------------------------------------------ apply
@@ -273,27 +293,29 @@ def _register_apply(steps) -> None:
     p.add_argument("--style", default=None, help="the artwork (default: the run's style.png; required with --checkpoint)")
     p.add_argument("--input", required=True, help="a photo or a folder of photos (FFHQ-aligned faces for the FFHQ model)")
     g = p.add_argument_group("method")
-    g.add_argument("--t0-ratio", type=float, default=0.5, help="encoding depth t0 / T (larger: more style, less structure)")
-    g.add_argument("--encode-steps", type=int, default=100, help="DDIM grid for encoding (T_infer_for)")
-    g.add_argument("--decode-steps", type=int, default=50, help="DDIM grid for decoding (T_infer_back)")
+    g.add_argument("--t0-ratio", type=V.open_fraction, default=0.5, help="encoding depth t0 / T (larger: more style, less structure)")
+    g.add_argument("--encode-steps", type=V.steps, default=100, help="DDIM grid for encoding (T_infer_for)")
+    g.add_argument("--decode-steps", type=V.steps, default=50, help="DDIM grid for decoding (T_infer_back)")
     g.add_argument("--plan", choices=("official", "consistent"), default=None, help="timestep plan (default: the run's training plan; official for --checkpoint)")
-    g.add_argument("--spn-weight", type=float, default=0.1, help="lambda_SPN (larger: more structure)")
-    g.add_argument("--split-resolution", type=int, default=32, help="f_ch: levels at this resolution or finer take the style code")
+    g.add_argument("--spn-weight", type=V.non_negative, default=0.1, help="lambda_SPN (larger: more structure)")
+    g.add_argument("--split-resolution", type=V.count, default=32, help="f_ch: levels at this resolution or finer take the style code")
     g.add_argument("--swap-codes", action="store_true", help="opposite assignment (paper Fig. 8 ablation)")
     g.add_argument("--style-middle", action="store_true", help="also give the middle block the style code (not official)")
     g.add_argument("--clamp", type=str2bool, default=True, help="clip x0 to [-1, 1]")
-    g.add_argument("--batch-size", type=int, default=64, help="photos per batch")
+    g.add_argument("--batch-size", type=V.count, default=64, help="photos per batch")
     g = p.add_argument_group("text-driven manipulation")
     g.add_argument("--edit-source", default=None, help="source text, e.g. 'face'")
     g.add_argument("--edit-target", default=None, help="target text, e.g. 'smiling face'")
-    g.add_argument("--edit-iterations", type=int, default=50, help="Adam steps on the semantic code (our choice)")
-    g.add_argument("--edit-lr", type=float, default=0.01, help="Adam learning rate (our choice)")
-    g.add_argument("--edit-l2", type=float, default=0.0, help="pull toward the original code (our choice)")
+    g.add_argument("--edit-iterations", type=V.count, default=50, help="Adam steps on the semantic code (our choice)")
+    g.add_argument("--edit-lr", type=V.positive, default=0.01, help="Adam learning rate (our choice)")
+    g.add_argument("--edit-l2", type=V.non_negative, default=0.0, help="pull toward the original code (our choice)")
     g.add_argument("--edit-space", choices=("normalized", "raw"), default="normalized", help="optimise DiffAE-normalised codes (needs --latent) or raw ones")
     g.add_argument("--latent", default=DEFAULT_LATENT, help="latent checkpoint/folder (its code statistics, for --edit-space normalized)")
     g.add_argument("--latent-stats", default=None, help="latent.pkl with the code statistics")
     g.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP for the manipulation")
-    g.add_argument("--clip-preprocess", choices=("official", "proper"), default="official", help="CLIP input preprocessing")
+    g.add_argument("--clip-preprocess", choices=("official", "proper"), default="proper",
+                   help="CLIP input preprocessing of the text edit: bicubic + CLIP mean/std (proper; text directions need "
+                        "normalised inputs) or the official image-loss preprocessing (nearest resize, no normalisation)")
     add_memory_args(p, vae=False, checkpointing="recompute eps_B activations in the manipulation's backward (exact; less memory)")
     add_common_args(p, model_default=None, model_help="DiffAE autoencoder (default: the one the run was trained from)",
                     output_help="output folder")
@@ -308,6 +330,7 @@ def run_apply(args) -> int:
     from ..io import check_output_path, save_image
     from ..osasis.models import LatentDDIMNet
     from ..osasis.pipeline import EditSettings, OSASISPipeline, StylizeSettings, list_inputs
+    from .common import cached_model
 
     if (args.run is None) == (args.checkpoint is None):
         raise InputError("give exactly one of --run (a trained folder) or --checkpoint (an official iter_*.pt)")
@@ -320,13 +343,16 @@ def run_apply(args) -> int:
     savers = memory_savers(args)
     load_device = "cpu" if savers.offload != "none" else device  # offload hooks move the weights themselves
     if args.run:
-        meta = json.loads((Path(args.run) / "osasis.json").read_text()) if (Path(args.run) / "osasis.json").exists() else {}
-        pipe = OSASISPipeline.from_run(args.run, diffae=args.model, device=load_device)
+        pipe = cached_model(("OSASIS-run", args.run, args.model, str(device), args.dtype, savers),
+                            lambda: OSASISPipeline.from_run(args.run, diffae=args.model, device=load_device))
+        meta = json.loads((Path(args.run) / "osasis.json").read_text())  # from_run has refused a damaged one
         plan = args.plan or meta.get("train", {}).get("plan", "official")
     else:
         if not args.style or not args.model:
             raise InputError("--checkpoint needs --style (the artwork it was trained on) and --model (the DiffAE checkpoint)")
-        pipe = OSASISPipeline.from_official(args.checkpoint, diffae=args.model, style_image=args.style, device=load_device)
+        pipe = cached_model(("OSASIS-official", args.checkpoint, args.model, args.style, str(device), args.dtype, savers),
+                            lambda: OSASISPipeline.from_official(args.checkpoint, diffae=args.model,
+                                                                 style_image=args.style, device=load_device))
         plan = args.plan or "official"
     style = args.style or pipe.style_image
     settings = StylizeSettings(t0_ratio=args.t0_ratio, encode_steps=args.encode_steps, decode_steps=args.decode_steps,
@@ -363,7 +389,7 @@ def _register_align(steps) -> None:
     p = add_subcommand(steps, "align", help="FFHQ-style face alignment from 68 landmarks (a separate, optional step)")
     p.add_argument("--input", required=True, help="a face photo")
     p.add_argument("--landmarks", required=True, help="text/JSON file with 68 (x, y) landmarks (dlib order)")
-    p.add_argument("--size", type=int, default=256, help="output size")
+    p.add_argument("--size", type=V.side, default=256, help="output size")
     p.add_argument("-o", "--output", required=True, help="output PNG")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_align)

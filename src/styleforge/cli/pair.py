@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from .. import validation as V
 from .common import HelpFormatter, add_common_args, add_memory_args, add_subcommand, memory_savers, str2bool
 
 
 def _int_list(value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        values = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
-
-
-def _optional_float(value: str) -> float | None:
-    return None if value.strip().lower() in ("none", "") else float(value)
+    for v in values:
+        why = V.count.problem(v)
+        if why:
+            raise argparse.ArgumentTypeError(f"each iteration {why}")
+    return values
 
 
 def register(sub) -> None:
@@ -45,37 +47,39 @@ def _register_train(actions) -> None:
     g.add_argument("--content-prompt", default=None, help="explicit content prompt (must contain --token)")
     g.add_argument("--token", default="sbu", help="rare identifier token V*")
     g = p.add_argument_group("adapters")
-    g.add_argument("--content-rank", type=int, default=64, help="rank r_c of the content LoRA")
-    g.add_argument("--style-rank", type=int, default=64, help="rank r_s of the style LoRA (r_c + r_s <= smallest layer width)")
-    g.add_argument("--content-alpha", type=_optional_float, default=None, help="LoRA alpha (default: = rank, scale 1)")
-    g.add_argument("--style-alpha", type=_optional_float, default=None, help="LoRA alpha (default: = rank, scale 1)")
+    g.add_argument("--content-rank", type=V.count, default=64, help="rank r_c of the content LoRA")
+    g.add_argument("--style-rank", type=V.count, default=64, help="rank r_s of the style LoRA (r_c + r_s <= smallest layer width)")
+    g.add_argument("--content-alpha", type=V.optional_positive, default=None, help="LoRA alpha (default: = rank, scale 1)")
+    g.add_argument("--style-alpha", type=V.optional_positive, default=None, help="LoRA alpha (default: = rank, scale 1)")
     g.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated module-name suffixes to adapt")
     g.add_argument("--basis-seed", type=int, default=DEFAULT_BASIS_SEED, help="seed of the orthonormal bases")
     g.add_argument("--orthogonal", type=str2bool, default=True, help="fixed orthonormal down-projections (false: trainable Gaussian A, the ablation)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--iterations", type=int, default=750, help="training iterations (content step each, style step from --style-start)")
-    g.add_argument("--style-start", type=int, default=250, help="first iteration with a style step")
-    g.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (constant)")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (official code)")
-    g.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1")
-    g.add_argument("--adam-beta2", type=float, default=0.999, help="AdamW beta2")
-    g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
-    g.add_argument("--max-grad-norm", type=_optional_float, default=None, help="gradient clipping (official: none)")
+    g.add_argument("--iterations", type=V.count, default=750, help="training iterations (content step each, style step from --style-start)")
+    g.add_argument("--style-start", type=V.non_negative_int, default=250, help="first iteration with a style step")
+    g.add_argument("--lr", type=V.positive, default=1e-5, help="AdamW learning rate (constant)")
+    g.add_argument("--weight-decay", type=V.non_negative, default=1e-4, help="AdamW weight decay (official code)")
+    g.add_argument("--adam-beta1", type=V.Number(float, 0, 0.999999), default=0.9, help="AdamW beta1")
+    g.add_argument("--adam-beta2", type=V.Number(float, 0, 0.999999), default=0.999, help="AdamW beta2")
+    g.add_argument("--adam-eps", type=V.positive, default=1e-8,
+                   help="AdamW epsilon; 4e-8 reproduces the official launch bit for bit (it divides each loss by its "
+                        "gradient accumulation 4, which for Adam equals eps x 4)")
+    g.add_argument("--max-grad-norm", type=V.optional_positive, default=None, help="gradient clipping (official: none)")
     g.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto", help="frozen weights in half precision, LoRA in fp32 (auto: fp16 on CUDA)")
     g = p.add_argument_group("data")
-    g.add_argument("--resolution", type=int, default=512, help="training crop size")
+    g.add_argument("--resolution", type=V.side, default=512, help="training crop size")
     g.add_argument("--center-crop", type=str2bool, default=True, help="centre crop (false: random crop, as the official code)")
-    g.add_argument("--flip-probability", type=float, default=0.0, help="joint horizontal flip probability (official: 1.0)")
+    g.add_argument("--flip-probability", type=V.fraction, default=0.0, help="joint horizontal flip probability (official: 1.0)")
     g.add_argument("--parity-mode", action="store_true", help="the official data pipeline: random crop and always flip")
     g.add_argument("--vae-sample", type=str2bool, default=True, help="encode to a posterior sample (official) or its mean")
     g = p.add_argument_group("checkpoints and validation")
-    g.add_argument("--checkpoint-every", type=int, default=250, help="save a resumable checkpoint every N iterations (0: only at the end)")
-    g.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep (0: all)")
+    g.add_argument("--checkpoint-every", type=V.non_negative_int, default=250, help="save a resumable checkpoint every N iterations (0: only at the end)")
+    g.add_argument("--keep-checkpoints", type=V.non_negative_int, default=2, help="how many recent checkpoints to keep (0: all)")
     g.add_argument("--resume", nargs="?", const="latest", default=None, help="continue from the newest checkpoint in STYLE_DIR (or a given checkpoint folder)")
     g.add_argument("--validate-at", type=_int_list, default=(), help="comma-separated iterations after which to write validation images")
-    g.add_argument("--validation-steps", type=int, default=25, help="DDIM steps of the validation images")
-    g.add_argument("--validation-guidance-scale", type=float, default=7.5, help="CFG of the validation images")
-    g.add_argument("--save-content", action="store_true", help="also export the content adapter (content.safetensors)")
+    g.add_argument("--validation-steps", type=V.steps, default=25, help="DDIM steps of the validation images")
+    g.add_argument("--validation-guidance-scale", type=V.finite, default=7.5, help="CFG of the validation images")
+    g.add_argument("--save-content", action="store_true", help="also export the content adapter (STYLE_DIR/content/, a style folder of its own)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_memory_args(p, offload=("none", "model"), vae=False,
                     checkpointing="recompute UNet activations in backward (exact; less memory, slower)")
@@ -90,22 +94,34 @@ def _register_apply(actions) -> None:
                            description="Style guidance (paper Eq. 10/11) on the unmodified base model. Several --style "
                                        "flags blend styles, each with its --style-scale.", formatter_class=HelpFormatter)
     g = p.add_argument_group("inputs")
-    g.add_argument("--style", action="append", required=True, dest="styles", help="style folder or .safetensors (repeat to blend)")
+    g.add_argument("--style", action="append", required=True, dest="styles",
+                   help="style folder or LoRA .safetensors (repeat to blend): a styleforge style, or a diffusers-format "
+                        "LoRA such as the official script's pytorch_lora_weights.safetensors (then give --style-word)")
+    g.add_argument("--style-word", action="append", default=None, dest="style_words",
+                   help="the words of the style suffix 'in <WORDS> style' (official: INSTANCE_PROMPT_STYLE without "
+                        "'in'/'style'); one for all styles or one per --style; overrides a style's own word")
     g.add_argument("--prompt", required=True, help="what to generate (for --image: a description of the photo)")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: empty; for --image: the prompt itself, which cancels the CFG term)")
     g.add_argument("--image", default=None, help="restyle this photo through DDIM inversion instead of generating")
     g = p.add_argument_group("guidance")
-    g.add_argument("--style-scale", type=float, nargs="+", default=[3.0], help="lambda_style, one for all styles or one per --style")
-    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: 7.5 SD 1.x, 5 SDXL)")
-    g.add_argument("--style-start", type=int, default=None, help="plain-CFG steps before style guidance (default: 10; 0 with --image)")
-    g.add_argument("--style-start-timestep", type=int, default=None, help="instead: plain CFG while t > this (official code: 800)")
-    g.add_argument("--lora-scale", type=float, default=1.0, help="strength of the style adapter inside the style pass")
+    g.add_argument("--style-scale", type=V.finite, nargs="+", default=[3.0],
+                   help="lambda_style, one for all styles or one per --style (official pipeline default 3; its example script 4)")
+    g.add_argument("--guidance-scale", type=V.finite, default=None, help="classifier-free guidance (default: 7.5 SD 1.x, 5 SDXL)")
+    g.add_argument("--style-start", type=V.non_negative_int, default=None,
+                   help="plain-CFG steps before style guidance (default 0: the official code guides from the first step; "
+                        "the paper's structure lock is 10 of 50)")
+    g.add_argument("--style-start-timestep", type=V.non_negative_int, default=None,
+                   help="instead: plain CFG while t > this (the official start_LoRA_step=800 acts only on its LoRA-scale "
+                        "path, --mode lora_scale, not on style guidance)")
+    g.add_argument("--lora-scale", type=V.finite, default=1.0, help="strength of the style adapter inside the style pass")
     g.add_argument("--mode", choices=("style_guidance", "lora_scale"), default="style_guidance",
                    help="style guidance (Eq. 10) or the LoRA-scale baseline (Eq. 3: --style-scale is the LoRA strength)")
-    g.add_argument("--steps", type=int, default=50, help="sampling steps")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="pndm", help="sampler (--image always uses DDIM)")
-    g.add_argument("--height", type=int, default=None, help="default: the model's resolution")
-    g.add_argument("--width", type=int, default=None, help="default: the model's resolution")
+    g.add_argument("--steps", type=V.steps, default=50, help="sampling steps")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="euler",
+                   help="sampler: euler = the official code (SDXL's own scheduler), pndm = the paper and SD 1.5's stock "
+                        "sampler (--image always uses DDIM)")
+    g.add_argument("--height", type=V.side, default=None, help="default: the model's resolution")
+    g.add_argument("--width", type=V.side, default=None, help="default: the model's resolution")
     g = p.add_argument_group("outputs")
     g.add_argument("--save-base", action="store_true", help="also write STEM.base.png: the unstyled image from the same seed")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache (--image)")
@@ -172,7 +188,16 @@ def run_apply(args) -> int:
     from .common import load_pipeline
 
     styles = [StyleAdapter.load(s) for s in args.styles]  # bad style paths fail before the model loads
-    inputs = [args.image] if args.image else []
+    words = args.style_words or []
+    if len(words) not in (0, 1, len(styles)):
+        raise InputError(f"give one --style-word for all styles or one per --style ({len(styles)})")
+    for style, word in zip(styles, words * len(styles) if len(words) == 1 else words):
+        style.metadata["style_word"] = word
+    wordless = [s for s, style in zip(args.styles, styles) if not style.style_word]
+    if wordless:
+        raise InputError(f"{wordless[0]} carries no style word (a LoRA saved outside styleforge): pass --style-word, "
+                         "e.g. --style-word 'digital art' for the official suffix 'in digital art style'")
+    inputs = ([args.image] if args.image else []) + list(args.styles)
     if args.image:
         load_image(args.image, name="image")
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
@@ -184,6 +209,8 @@ def run_apply(args) -> int:
         if not args.model or args.model == "components":
             raise InputError("the style does not name its base model; pass --model")
     pipe = load_pipeline(PairCustomizationPipeline, args)
+    for loaded in list(pipe.styles):  # a model kept from an earlier command (batch, web) starts without styles
+        pipe.unload_style(loaded)
     names = []
     for i, style in enumerate(styles):
         stem = Path(args.styles[i]).stem if Path(args.styles[i]).is_file() else Path(args.styles[i]).name

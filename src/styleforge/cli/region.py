@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
+from .. import validation as V
 from .common import add_common_args, add_subcommand, str2bool
 
 PRESETS = ("test", "cpu64", "gpu128", "ref256")
-
-
-def _fraction_pair(value: str) -> tuple[float, float]:
-    try:
-        a, b = (float(x) for x in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers as LOW,HIGH, got {value!r}") from None
-    if not 0 <= a <= b:
-        raise argparse.ArgumentTypeError(f"expected 0 <= LOW <= HIGH, got {value!r}")
-    return a, b
 
 
 def register(subparsers) -> None:
@@ -43,16 +33,16 @@ def _register_apply(sub) -> None:
     p.add_argument("--content", required=True, help="content image (the photo to edit)")
     p.add_argument("--style", action="append", required=True, help="style image; repeat for several edits")
     p.add_argument("--mask", action="append", help="mask image (white = restyle), one per --style; omit for global transfer")
-    p.add_argument("--strength", type=float, default=1.0, help="style strength t in [0, 1]: style code (1-t)·S_content + t·S_style")
+    p.add_argument("--strength", type=V.fraction, default=1.0, help="style strength t in [0, 1]: style code (1-t)·S_content + t·S_style")
     p.add_argument("--paste-back", action="store_true", help="keep pixels outside the mask exactly as in the content image")
-    p.add_argument("--paste-margin", type=int, default=None, metavar="PX",
+    p.add_argument("--paste-margin", type=V.Number(int, 0, V.MAX_WORKING_SIDE), default=None, metavar="PX",
                    help="with --paste-back, restyle PX pixels beyond the mask before pasting back, so the region keeps the "
                         "new style up to its edge (default: one feature cell of the model, 2^d px; 0 = the mask itself)")
     p.add_argument("--composition", choices=("feature", "pixel", "content_code"), default="feature",
                    help="where regions are blended: encoder features (the method), pixels or content codes (baselines)")
     p.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="mask resampling to the feature grid")
-    p.add_argument("--feather", type=float, default=0.0, help="Gaussian feathering of the mask, sigma in pixels (0 = off)")
-    p.add_argument("--size", type=int, default=None, help="working resolution (shorter side); default: the model's training size")
+    p.add_argument("--feather", type=V.Number(float, 0, 1000), default=0.0, help="Gaussian feathering of the mask, sigma in pixels (0 = off)")
+    p.add_argument("--size", type=V.side, default=None, help="working resolution (shorter side); default: the model's training size")
     p.add_argument("--strip", type=str2bool, default=True, help="also write OUTPUT.strip.png with the inputs and the result")
     add_common_args(p, model_default=None, model_help="region model folder (default: the bundled model)")
     p.set_defaults(func=run_apply)
@@ -66,8 +56,8 @@ def _register_interpolate(sub) -> None:
     p.add_argument("--target", required=True, help="target image (alpha = 1)")
     p.add_argument("--mode", choices=("content", "style", "both", "all"), default="all",
                    help="which codes to interpolate; 'all' writes one row each for content, style and both")
-    p.add_argument("--steps", type=int, default=5, help="number of alpha values from 0 to 1")
-    p.add_argument("--size", type=int, default=None, help="working resolution (shorter side); default: the model's training size")
+    p.add_argument("--steps", type=V.Number(int, 2, 100), default=5, help="number of alpha values from 0 to 1")
+    p.add_argument("--size", type=V.side, default=None, help="working resolution (shorter side); default: the model's training size")
     add_common_args(p, model_default=None, model_help="region model folder (default: the bundled model)", output_help="output grid PNG")
     p.set_defaults(func=run_interpolate)
 
@@ -80,25 +70,25 @@ def _register_train(sub) -> None:
     p.add_argument("--data", required=True, help="folder of training images (searched recursively; unusable files are skipped)")
     p.add_argument("--preset", choices=PRESETS + ("unit",), default="cpu64", help="model size preset")
     p.add_argument("-o", "--output", required=True, help="run folder")
-    p.add_argument("--iterations", type=int, default=1000, help="total training iterations (a resumed run continues up to this)")
+    p.add_argument("--iterations", type=V.count, default=1000, help="total training iterations (a resumed run continues up to this)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue the run in OUTPUT from its latest checkpoint, or from the checkpoint folder given")
-    p.add_argument("--batch-size", type=int, default=None, help="images per iteration per process (default: the preset's)")
-    p.add_argument("--lr", type=float, default=0.002, help="Adam learning rate")
+    p.add_argument("--batch-size", type=V.count, default=None, help="images per iteration per process (default: the preset's)")
+    p.add_argument("--lr", type=V.positive, default=0.002, help="Adam learning rate")
     w = p.add_argument_group("loss weights")
-    w.add_argument("--w-rec", type=float, default=1.0, help="reconstruction L1 (Eq. 1)")
-    w.add_argument("--w-gan", type=float, default=1.0, help="image GAN loss (Eq. 2) and its R1")
-    w.add_argument("--w-cooccur", type=float, default=1.0, help="patch co-occurrence GAN loss and its R1")
-    w.add_argument("--w-cc", type=float, default=1.0, help="code-consistency loss (Eq. 3); 0 trains plain SwapAE")
-    w.add_argument("--cc-style-weight", type=float, default=1.0, help="lambda of Eq. 3 (weight of the style term)")
-    w.add_argument("--w-ca", type=float, default=1.0, help="content-alignment loss (Eq. 7)")
-    w.add_argument("--r1-gamma", type=float, default=10.0, help="R1 gamma of the image discriminator")
-    w.add_argument("--r1-gamma-cooccur", type=float, default=1.0, help="R1 gamma of the patch discriminator")
-    w.add_argument("--r1-interval", type=int, default=16, help="lazy R1 every this many steps")
+    w.add_argument("--w-rec", type=V.non_negative, default=1.0, help="reconstruction L1 (Eq. 1)")
+    w.add_argument("--w-gan", type=V.non_negative, default=1.0, help="image GAN loss (Eq. 2) and its R1")
+    w.add_argument("--w-cooccur", type=V.non_negative, default=1.0, help="patch co-occurrence GAN loss and its R1")
+    w.add_argument("--w-cc", type=V.non_negative, default=1.0, help="code-consistency loss (Eq. 3); 0 trains plain SwapAE")
+    w.add_argument("--cc-style-weight", type=V.non_negative, default=1.0, help="lambda of Eq. 3 (weight of the style term)")
+    w.add_argument("--w-ca", type=V.non_negative, default=1.0, help="content-alignment loss (Eq. 7)")
+    w.add_argument("--r1-gamma", type=V.non_negative, default=10.0, help="R1 gamma of the image discriminator")
+    w.add_argument("--r1-gamma-cooccur", type=V.non_negative, default=1.0, help="R1 gamma of the patch discriminator")
+    w.add_argument("--r1-interval", type=V.count, default=16, help="lazy R1 every this many steps")
     r = p.add_argument_group("code-consistency / content-alignment schedule and options")
-    r.add_argument("--reg-interval", type=int, default=16, help="K: L_CC and L_CA run every K iterations")
-    r.add_argument("--reg-offset", type=int, default=0, help="phase of L_CA relative to L_CC within K")
-    r.add_argument("--reg-start", type=int, default=0, help="warm-up: no L_CC/L_CA before this iteration")
+    r.add_argument("--reg-interval", type=V.count, default=16, help="K: L_CC and L_CA run every K iterations")
+    r.add_argument("--reg-offset", type=V.non_negative_int, default=0, help="phase of L_CA relative to L_CC within K")
+    r.add_argument("--reg-start", type=V.non_negative_int, default=0, help="warm-up: no L_CC/L_CA before this iteration")
     r.add_argument("--reg-scale-by-interval", type=str2bool, default=False, help="multiply L_CC/L_CA by K")
     r.add_argument("--cc-detach-targets", type=str2bool, default=True, help="stop-gradient on the L_CC targets C_A, S_B")
     r.add_argument("--ca-detach-target", type=str2bool, default=True, help="stop-gradient on the L_CA pseudo target I_g")
@@ -106,29 +96,29 @@ def _register_train(sub) -> None:
     r.add_argument("--ca-normalize-by-area", type=str2bool, default=False, help="divide each L_CA term by its mask's coverage")
     r.add_argument("--adv-on-region", type=str2bool, default=False, help="let the image discriminator also judge I_h")
     r.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="M -> M_e resampling")
-    r.add_argument("--mask-coverage", type=_fraction_pair, default=(0.1, 0.7), help="LOW,HIGH coverage of random masks")
-    r.add_argument("--mask-trivial-probability", type=float, default=0.0, help="probability of an all-0 or all-1 mask")
+    r.add_argument("--mask-coverage", type=V.Pair(V.fraction, labels=('LOW', 'HIGH')), default=(0.1, 0.7), help="LOW,HIGH coverage of random masks")
+    r.add_argument("--mask-trivial-probability", type=V.fraction, default=0.0, help="probability of an all-0 or all-1 mask")
     a = p.add_argument_group("architecture, patches and data")
     a.add_argument("--demod", choices=("standard", "input_scaling"), default="standard", help="modulated-conv flavour")
     a.add_argument("--normalize-codes", type=str2bool, default=True, help="L2-normalise content and style codes")
-    a.add_argument("--style-gain", type=float, default=None,
+    a.add_argument("--style-gain", type=V.positive, default=None,
                    help="factor on the normalised style code before the generator's affines (default 1, the official "
                         "SwapAE scale; sqrt(style_dim) gives the affines unit-variance inputs)")
-    a.add_argument("--content-channels", type=int, default=None,
+    a.add_argument("--content-channels", type=V.count, default=None,
                    help="channels of the content code (default: the preset's, 8; fewer keep colour out of it)")
-    a.add_argument("--n-crop", type=int, default=None, help="query patches per image (default: the preset's)")
-    a.add_argument("--n-ref", type=int, default=None, help="reference patches per image (default: the preset's)")
-    a.add_argument("--patch-scale", type=_fraction_pair, default=(1 / 8, 1 / 4), help="LOW,HIGH patch side as a fraction of the image side")
-    a.add_argument("--crop-scale", type=_fraction_pair, default=(0.6, 1.0), help="LOW,HIGH random crop side as a fraction of the shorter side")
-    a.add_argument("--load-size", type=int, default=None, help="images are kept in memory with this shorter side (default: 2x resolution)")
-    a.add_argument("--ema-half-life", type=float, default=None, help="EMA half-life in images (default: the preset's)")
+    a.add_argument("--n-crop", type=V.count, default=None, help="query patches per image (default: the preset's)")
+    a.add_argument("--n-ref", type=V.count, default=None, help="reference patches per image (default: the preset's)")
+    a.add_argument("--patch-scale", type=V.Pair(V.Number(float, 1e-3, 1), labels=('LOW', 'HIGH')), default=(1 / 8, 1 / 4), help="LOW,HIGH patch side as a fraction of the image side")
+    a.add_argument("--crop-scale", type=V.Pair(V.Number(float, 1e-3, 1), labels=('LOW', 'HIGH')), default=(0.6, 1.0), help="LOW,HIGH random crop side as a fraction of the shorter side")
+    a.add_argument("--load-size", type=V.side, default=None, help="images are kept in memory with this shorter side (default: 2x resolution)")
+    a.add_argument("--ema-half-life", type=V.non_negative, default=None, help="EMA half-life in images (default: the preset's)")
     b = p.add_argument_group("run")
     b.add_argument("--seed", type=int, default=0, help="random seed")
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
-    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    b.add_argument("--sample-every", type=int, default=250, help="write a sample grid every N iterations (0 = only at the end)")
-    b.add_argument("--checkpoint-every", type=int, default=250, help="write a checkpoint every N iterations (0 = only at the end)")
-    b.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
+    b.add_argument("--threads", type=V.Number(int, 1, 1024), default=None, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--sample-every", type=V.non_negative_int, default=250, help="write a sample grid every N iterations (0 = only at the end)")
+    b.add_argument("--checkpoint-every", type=V.non_negative_int, default=250, help="write a checkpoint every N iterations (0 = only at the end)")
+    b.add_argument("--keep-checkpoints", type=V.non_negative_int, default=2, help="how many recent checkpoints to keep")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
@@ -138,8 +128,10 @@ def _register_train(sub) -> None:
 
 def _stylizer(args):
     from ..region.inference import RegionStylizer
+    from .common import cached_model
 
-    return RegionStylizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    return cached_model(("RegionStylizer", args.model, args.device, args.dtype),
+                        lambda: RegionStylizer.from_pretrained(args.model, device=args.device, dtype=args.dtype))
 
 
 def run_apply(args) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common_args, add_memory_args, add_subcommand, fraction_pair, str2bool
+from .. import validation as V
+from .common import add_common_args, add_memory_args, add_subcommand, str2bool
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -22,7 +23,7 @@ def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
     g.add_argument("--sentence-source", choices=("template", "prompt_template", "single"), default=None,
                    help="sentences for word/prompt edits: the built-in template generator, paired prompt variations, or "
                         "the word/prompt alone; unset: template for words, single for prompts")
-    g.add_argument("--num-sentences", type=int, default=1000, help="sentences per side from the generator")
+    g.add_argument("--num-sentences", type=V.Number(int, 1, 100_000), default=1000, help="sentences per side from the generator")
     g.add_argument("--no-direction-cache", action="store_true", help="do not read or write cached mean embeddings")
 
 
@@ -36,37 +37,38 @@ def register(sub) -> None:
                                    "patch features (PatchNCE).")
     p.add_argument("image", help="input image")
     _add_edit_args(p, with_direction=True)
-    p.add_argument("--edit-multiplier", type=float, default=1.0, help="w in c_hat = c + w * delta_c")
+    p.add_argument("--edit-multiplier", type=V.finite, default=1.0, help="w in c_hat = c + w * delta_c")
     g = p.add_argument_group("caption")
     g.add_argument("--caption", help="caption of the input image (default: BLIP)")
     g.add_argument("--captioner", default="auto", help="BLIP captioning model id or folder; 'auto' = Salesforce/blip-image-captioning-base; 'none' = never caption")
     g = p.add_argument_group("guidance")
-    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=50, help="DDIM steps N")
-    g.add_argument("--xa-guidance", type=float, default=0.1, help="guidance rate lambda: one gradient step of this size per timestep (Eq. 18)")
-    g.add_argument("--xa-weight", type=float, default=1.0, help="lambda_c, weight of the cross-attention loss")
-    g.add_argument("--contrastive-weight", type=float, default=1.0, help="lambda_e, weight of the PatchNCE loss (0 = pix2pix-zero)")
-    g.add_argument("--cfg-scale", "--negative-guidance-scale", dest="cfg_scale", type=float, default=5.0, help="classifier-free guidance scale of both passes")
+    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=V.steps, default=50, help="DDIM steps N")
+    g.add_argument("--xa-guidance", type=V.non_negative, default=0.1, help="guidance rate lambda: one gradient step of this size per timestep (Eq. 18); with CFG the p2pzero_code mode's step per latent copy is half the paper mode's")
+    g.add_argument("--xa-weight", type=V.non_negative, default=1.0, help="lambda_c, weight of the cross-attention loss")
+    g.add_argument("--contrastive-weight", type=V.non_negative, default=1.0, help="lambda_e, weight of the PatchNCE loss (0 = pix2pix-zero); the loss is a mean over the S patches and the CFG copies, so 1 here is 1/S of Eq. 15's lambda_e")
+    g.add_argument("--cfg-scale", "--negative-guidance-scale", dest="cfg_scale", type=V.finite, default=5.0, help="classifier-free guidance scale of both passes")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the caption, pix2pix-zero's real-image mode)")
     g.add_argument("--guidance-mode", choices=("p2pzero_code", "paper"), default="p2pzero_code",
                    help="official code (both CFG copies guided, the negative copy stepped) or Algorithm 1 (one latent, conditional branch)")
     g.add_argument("--update-latent-before-step", type=str2bool, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
-    g.add_argument("--guided-steps", type=fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
+    g.add_argument("--guided-steps", type=V.fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
     g.add_argument("--cut-layers", choices=("down_attn1", "up_attn1", "all_attn1", "down_resnet"), default="down_attn1",
                    help="PatchNCE feature layers: encoder self-attention, decoder self-attention (CDS), all, encoder ResNets")
-    g.add_argument("--cut-num-patches", type=int, default=256, help="patches S per layer and patch size")
-    g.add_argument("--cut-patch-sizes", type=int, nargs="+", default=[1, 2], help="patch sizes (average-pooled p x p)")
-    g.add_argument("--cut-tau", type=float, default=0.07, help="PatchNCE temperature")
+    g.add_argument("--cut-num-patches", type=V.count, default=256, help="patches S per layer and patch size")
+    g.add_argument("--cut-patch-sizes", type=V.count, nargs="+", default=[1, 2], help="patch sizes (average-pooled p x p)")
+    g.add_argument("--cut-tau", type=V.positive, default=0.07, help="PatchNCE temperature")
     g = p.add_argument_group("inversion")
-    g.add_argument("--inversion-grid", choices=("symmetric", "p2pzero"), default="symmetric", help="exact inverse of the sampler's grid, or the official code's (N-2 calls)")
-    g.add_argument("--reg-lambda-ac", type=float, default=20.0, help="autocorrelation regulariser weight")
-    g.add_argument("--reg-lambda-kl", type=float, default=20.0, help="KL regulariser weight")
-    g.add_argument("--reg-steps", type=int, default=5, help="regulariser outer iterations per inversion step (0 = off)")
-    g.add_argument("--reg-rolls", type=int, default=5, help="autocorrelation steps per outer iteration")
-    g.add_argument("--vae-sample", action="store_true", help="sample the VAE posterior (seeded) instead of taking its mode")
+    g.add_argument("--inversion-grid", choices=("p2pzero", "symmetric"), default="p2pzero",
+                   help="the official code's grid (N-2 UNet calls at t-1; default) or the exact inverse of the sampler's grid (diffusers)")
+    g.add_argument("--reg-lambda-ac", type=V.non_negative, default=20.0, help="autocorrelation regulariser weight")
+    g.add_argument("--reg-lambda-kl", type=V.non_negative, default=20.0, help="KL regulariser weight")
+    g.add_argument("--reg-steps", type=V.non_negative_int, default=5, help="regulariser outer iterations per inversion step (0 = off)")
+    g.add_argument("--reg-rolls", type=V.non_negative_int, default=5, help="autocorrelation steps per outer iteration")
+    g.add_argument("--vae-sample", action="store_true", help="sample the VAE posterior (seeded), as the official code does (unseeded), instead of taking its deterministic mode")
     g.add_argument("--save-inversion", metavar="FILE", help="also write the inverted latent x_T with its caption (.safetensors)")
     g.add_argument("--inversion", metavar="FILE", help="edit a saved inversion instead of inverting again (its caption is used unless --caption is given)")
     g = p.add_argument_group("runtime and outputs")
-    g.add_argument("--size", type=int, default=None, help="square working size (default: long side at the model's resolution, aspect kept)")
+    g.add_argument("--size", type=V.side, default=None, help="square working size (default: long side at the model's resolution, aspect kept)")
     g.add_argument("--reference-mode", choices=("interleaved", "stored"), default="interleaved",
                    help="run each reference step just before its guided step (least memory) or the whole reference pass first")
     g.add_argument("--offload-reference", action="store_true", help="with --reference-mode stored: keep the reference records on the CPU")
@@ -99,13 +101,20 @@ def _edit_kwargs(args) -> dict:
                 num_sentences=args.num_sentences, direction_cache=False if args.no_direction_cache else None)
 
 
-def _direction_output(path: str, overwrite: bool):
+def _direction_output(path: str, overwrite: bool, inputs=()):
     from pathlib import Path
 
     from ..io import check_output_path
 
     suffix = ".pt" if Path(path).suffix == ".pt" else ".safetensors"
-    return check_output_path(path, overwrite=overwrite, suffix=suffix)
+    return check_output_path(path, overwrite=overwrite, suffix=suffix, inputs=inputs)
+
+
+def _input_files(args) -> list:
+    """Every file the command reads: no output may be one of them."""
+    names = ("image", "direction", "inversion", "sentences_source", "sentences_target", "source_embedding",
+             "target_embedding")
+    return [getattr(args, n) for n in names if getattr(args, n, None)]
 
 
 def run(args) -> int:
@@ -116,11 +125,12 @@ def run(args) -> int:
     from ..runtime import make_generator
     from .common import load_pipeline
 
-    out = check_output_path(args.output, overwrite=args.overwrite, inputs=[args.image])
-    recon = check_output_path(sibling_path(out, "recon"), overwrite=args.overwrite, inputs=[args.image]) if args.save_reconstruction else None
-    direction_out = _direction_output(args.save_direction, args.overwrite) if args.save_direction else None
-    log_out = check_output_path(args.save_log, overwrite=args.overwrite, suffix=".json") if args.save_log else None
-    inversion_out = check_output_path(args.save_inversion, overwrite=args.overwrite, suffix=".safetensors") if args.save_inversion else None
+    inputs = _input_files(args)
+    out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
+    recon = check_output_path(sibling_path(out, "recon"), overwrite=args.overwrite, inputs=inputs) if args.save_reconstruction else None
+    direction_out = _direction_output(args.save_direction, args.overwrite, inputs) if args.save_direction else None
+    log_out = check_output_path(args.save_log, overwrite=args.overwrite, suffix=".json", inputs=inputs) if args.save_log else None
+    inversion_out = check_output_path(args.save_inversion, overwrite=args.overwrite, suffix=".safetensors", inputs=inputs) if args.save_inversion else None
     caption, inverted = args.caption, None
     if args.inversion:
         from ..errors import InputError
@@ -150,10 +160,10 @@ def run(args) -> int:
     method = "pix2pix-zero" if args.contrastive_weight == 0 else "pix2pix-zerocon"
     meta = pipe.metadata(method, **result.params)
     print(f"caption: {result.caption}")
-    print(f"wrote {save_image(result.images[0], out, metadata=meta, overwrite=args.overwrite, inputs=[args.image])}")
+    print(f"wrote {save_image(result.images[0], out, metadata=meta, overwrite=args.overwrite, inputs=inputs)}")
     if recon is not None:
         meta_r = pipe.metadata(f"{method}-reconstruction", **result.params)
-        print(f"wrote {save_image(result.reconstruction[0], recon, metadata=meta_r, overwrite=args.overwrite, inputs=[args.image])}")
+        print(f"wrote {save_image(result.reconstruction[0], recon, metadata=meta_r, overwrite=args.overwrite, inputs=inputs)}")
     if direction_out is not None:
         print(f"wrote {result.edit_direction.save(direction_out)}")
     if inversion_out is not None:
@@ -173,7 +183,7 @@ def run_direction(args) -> int:
     from ..pix2pix_zerocon import Pix2PixZeroConPipeline
     from .common import load_pipeline
 
-    out = _direction_output(args.output, args.overwrite)
+    out = _direction_output(args.output, args.overwrite, _input_files(args))
     pipe = load_pipeline(Pix2PixZeroConPipeline, args)
     edit = _edit_kwargs(args)
     cache = edit.pop("direction_cache")

@@ -25,7 +25,7 @@ from ..diffusion.adain import adain as adain_fn
 from ..diffusion.adain import masked_adain
 from ..diffusion.attention import AttentionController, finest_factors
 from ..diffusion.freeu import FreeUConfig, apply_freeu
-from ..diffusion.inversion import EDIT_FRIENDLY, Inversion, edit_friendly_invert, image_hash
+from ..diffusion.inversion import EDIT_FRIENDLY, NOISE_DRAWS, Inversion, draw_noise_maps, edit_friendly_invert, image_hash
 from ..diffusion.pipeline import SD1, SDXL, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
 from ..diffusion.sampling import alpha_pair, ddpm_step
@@ -115,7 +115,26 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         code's ``cross_attn_64_range`` (layers at the latent's own resolution on SD 1.x), ``swap_range_half`` its
         ``cross_attn_32_range``; ranges count post-skip iterations. ``guidance_rows="output"`` runs the plain pass
         for the OUT row only (exact, 4 instead of 6 UNet rows per guided step); ``"all"`` is the naive schedule.
+
+        Randomness as in the official code: the inversions' noise maps come from ``generator``, or from one seeded
+        with ``seed`` on the GPU when the UNet is on one (the official code draws from the global CUDA generator)
+        and on the CPU otherwise; the appearance draws first, each inversion one latent-shaped map per step, least
+        noisy first. The self-segmentation's k-means draws from ``np.random.RandomState(segmentation_seed)``
+        (appearance fit, then structure fit). An empty mask falls back to full AdaIN (``mask_fallback="full"``);
+        ``mask_fallback=None`` keeps the official NaN (a black image).
         """
+        from .. import validation as V
+
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), skip_steps=(skip_steps, V.non_negative_int),
+                    swap_range_full=(swap_range_full, V.int_pair), swap_range_half=(swap_range_half, V.int_pair),
+                    adain_range=(adain_range, V.int_pair), guidance_range=(guidance_range, V.int_pair),
+                    contrast_strength=(contrast_strength, V.positive), swap_guidance_scale=(swap_guidance_scale, V.finite),
+                    structure_injection_period=(structure_injection_period, V.count),
+                    structure_injection_limit=(structure_injection_limit, V.non_negative_int),
+                    inversion_guidance_scale=(inversion_guidance_scale, V.finite), num_segments=(num_segments, V.count),
+                    size=(size, V.optional_side), attention_chunk_size=(attention_chunk_size, V.optional_count))
+        for name, value in vars(freeu_config).items():
+            V.finite.check(value, f"freeu_config.{name}")
         prompt, object_noun = self._prompt_and_noun(domain, prompt, object_noun, adain, structure_mask, appearance_mask)
         K, S = num_inference_steps, skip_steps
         if not 0 <= S < K:
@@ -139,13 +158,15 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         freeu_handle = apply_freeu(self.unet, freeu, freeu_config)
         try:
             # 1. inversions (APP first, then STRUCT: the official order of draws from one generator)
-            inv_settings = dict(prompt=prompt, negative_prompt="", guidance_scale=float(inversion_guidance_scale),
-                                model_id=self.model_id,
-                                extra={"freeu": freeu, "freeu_config": dataclasses.asdict(freeu_config),
-                                       "dtype": str(self.unet.dtype), "zero_last_noise": True})
             use_cache = inversion_cache is not None and generator is None and seed is not None
-            if generator is None:
-                generator = torch.Generator("cpu").manual_seed(seed if seed is not None else torch.seed())
+            if generator is None:  # on the GPU when there is one, as the official code's draws (torch.randn_like)
+                generator = torch.Generator("cuda" if device.type == "cuda" else "cpu")
+                generator.manual_seed(seed if seed is not None else torch.seed())
+            inv_settings = dict(prompt=prompt, negative_prompt="", guidance_scale=float(inversion_guidance_scale),
+                                model_id=self.model_id, family=self.family,
+                                extra={"freeu": freeu, "freeu_config": dataclasses.asdict(freeu_config),
+                                       "dtype": str(self.unet.dtype), "zero_last_noise": True,
+                                       "noise_draws": NOISE_DRAWS, "rng_device": generator.device.type})
             inversion_eps = self._eps_fn(cond, uncond, inversion_guidance_scale)
             inversions = {}
             for role, pixels, given, position in (("appearance", app_px, appearance_inversion, 0),
@@ -262,18 +283,21 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
     def _invert(self, role, pixels, given, position, K, eps_fn, generator, cache, seed, settings) -> Inversion:
         shape = (4, pixels.shape[-2] // self.vae_scale_factor, pixels.shape[-1] // self.vae_scale_factor)
         if given is not None:
+            if given.family and given.family != self.family:
+                raise InputError(f"the {role} inversion was made with an {given.family.upper()} model; this model is "
+                                 f"{self.family.upper()} (invert the image again with this model)")
             if given.kind != EDIT_FRIENDLY or given.noise is None or len(given.timesteps) != K:
                 raise InputError(f"the {role} inversion must be edit-friendly with {K} steps")
             if tuple(given.latents.shape[1:]) != (self.unet.config.in_channels,) + shape[1:]:
                 raise InputError(f"the {role} inversion's latent shape does not match the working size")
             if position == 0:  # keep the structure's draws where they would be without a given appearance inversion
-                torch.randn((K,) + shape, generator=generator, device=generator.device)
+                draw_noise_maps(K, (1,) + shape, generator)
             return given
         fields = dict(settings, image_hash=image_hash(pixels), seed=seed, extra=dict(settings["extra"], rng_position=position))
         if cache is not None:
             hit = cache.get(kind=EDIT_FRIENDLY, num_inference_steps=K, eta=1.0, **fields)
             if hit is not None:
-                torch.randn((K,) + shape, generator=generator, device=generator.device)  # consume its draws
+                draw_noise_maps(K, (1,) + shape, generator)  # consume its draws
                 return hit
         x0 = self.encode_images(pixels).float()
         inv = edit_friendly_invert(eps_fn, x0, self.ddim_scheduler, K, generator=generator, progress=self.progress_bar,
@@ -292,8 +316,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             empty = torch.zeros(1, 1, *hw, device=self._execution_device)
             return {"structure": masks["structure"] if masks["structure"] is not None else empty,
                     "appearance": masks["appearance"] if masks["appearance"] is not None else empty}
-        gen = torch.Generator("cpu").manual_seed(seed)
-        app_mask, struct_mask = masks_from_capture(capture, token_span, num_segments=num_segments, generator=gen)
+        app_mask, struct_mask = masks_from_capture(capture, token_span, num_segments=num_segments, seed=seed)
         return {"structure": masks["structure"] if masks["structure"] is not None else resize_mask(struct_mask, hw).to(self._execution_device),
                 "appearance": masks["appearance"] if masks["appearance"] is not None else resize_mask(app_mask, hw).to(self._execution_device)}
 

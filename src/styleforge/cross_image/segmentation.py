@@ -2,46 +2,39 @@
 
 Pixels are clustered by their self-attention rows (k-means, 5 clusters); each cluster is scored by the object
 noun's cross-attention inside it; clusters scoring above 1.4x the mean of the other clusters are the object.
-Departures from the official code, each a recommended decision of the spec: k-means runs in torch (same
-algorithm as scikit-learn's: k-means++ init, Lloyd iterations, best of ``n_init`` by inertia) with an explicit
-generator instead of the global numpy RNG, and the noun is found by CLIP-token matching instead of NLTK tagging.
+The clustering is the official one: scikit-learn's ``KMeans(n_clusters=5, n_init=10)`` (greedy k-means++, Lloyd,
+best of 10 by inertia) drawing from numpy's RandomState seeded with 1, the appearance map fitted first and the
+structure map second from the same stream (the official code seeds the global RNG, ``np.random.seed(1)``, then
+fits both). Departure: the noun is found by CLIP-token matching instead of NLTK tagging.
 """
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+#: the official code's k-means seed (np.random.seed(1) before the appearance and structure fits)
+SEGMENTATION_SEED = 1
 
-def kmeans(points: torch.Tensor, k: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Cluster labels (N,) of ``points`` (N, D). Deterministic for a given generator."""
-    points = points.float()
-    n = points.shape[0]
-    k = min(k, n)
-    best_labels, best_inertia = None, float("inf")
-    sq = (points * points).sum(dim=1)
-    for _ in range(n_init):
-        # k-means++ seeding
-        centers = points[torch.randint(n, (1,), generator=generator)]
-        for _ in range(1, k):
-            d2 = torch.cdist(points, centers).pow(2).min(dim=1).values
-            probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / n)
-            centers = torch.cat([centers, points[torch.multinomial(probs, 1, generator=generator)]])
-        for _ in range(max_iter):
-            dist = sq[:, None] - 2 * points @ centers.T + (centers * centers).sum(dim=1)[None]
-            labels = dist.argmin(dim=1)
-            new = torch.stack([points[labels == c].mean(dim=0) if (labels == c).any() else centers[c] for c in range(k)])
-            shift = (new - centers).pow(2).sum()
-            centers = new
-            if shift <= tol * points.var(dim=0).mean():
-                break
-        dist = sq[:, None] - 2 * points @ centers.T + (centers * centers).sum(dim=1)[None]
-        labels = dist.argmin(dim=1)
-        inertia = dist.gather(1, labels[:, None]).sum().item()
-        if inertia < best_inertia:
-            best_inertia, best_labels = inertia, labels
-    return best_labels
+
+def kmeans(points: torch.Tensor, k: int, *, n_init: int = 10,
+           random_state: int | np.random.RandomState | None = SEGMENTATION_SEED) -> torch.Tensor:
+    """Cluster labels (N,) of ``points`` (N, D): scikit-learn's KMeans, as the official code calls it.
+
+    A shared ``np.random.RandomState`` continues its stream across calls (the official global-RNG order).
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    data = points.detach().float().cpu().numpy()
+    k = min(k, data.shape[0])
+    with warnings.catch_warnings():  # fewer distinct rows than clusters: empty clusters are skipped by the caller
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = KMeans(n_clusters=k, n_init=n_init, random_state=random_state).fit(data).labels_
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def normalise_noun_map(m: torch.Tensor) -> torch.Tensor:
@@ -60,35 +53,48 @@ def foreground_clusters(scores: dict[int, float], ratio: float = 1.4) -> list[in
     return [c for c, s in scores.items() if s > threshold]
 
 
-def self_segment(self_attention: torch.Tensor, noun_map: torch.Tensor, *, num_segments: int = 5, ratio: float = 1.4,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Binary object mask (r, r) from one image's head-averaged self-attention (r*r, r*r) and its noun map.
+def object_mask(labels: torch.Tensor, noun_map: torch.Tensor, *, ratio: float = 1.4) -> torch.Tensor:
+    """Binary object mask (r, r) from cluster labels (r, r) and the object noun's cross-attention map.
 
-    ``noun_map``: the object noun's cross-attention on any square grid that divides r; it is upsampled by pixel
-    repetition (the official x2 from the 32 grid to the 64 grid).
+    ``noun_map``: on any square grid that divides r; it is upsampled by pixel repetition (the official x2 from the 32
+    grid to the 64 grid). Empty clusters are skipped (no 0/0 score).
     """
-    n = self_attention.shape[0]
-    r = int(round(n ** 0.5))
-    labels = kmeans(self_attention, num_segments, generator=generator).view(r, r)
+    r = labels.shape[-1]
     side = noun_map.shape[-1]
     noun = noun_map.float().repeat_interleave(r // side, 0).repeat_interleave(r // side, 1)
     noun = normalise_noun_map(noun)
-    scores = {c: noun[labels == c].mean().item() for c in range(num_segments) if (labels == c).any()}  # skip empty
+    scores = {c: noun[labels == c].mean().item() for c in labels.unique().tolist()}
     fg = foreground_clusters(scores, ratio)
     return torch.isin(labels, torch.tensor(fg, dtype=labels.dtype)).float()
 
 
+def self_segment(self_attention: torch.Tensor, noun_map: torch.Tensor, *, num_segments: int = 5, ratio: float = 1.4,
+                 random_state: int | np.random.RandomState | None = SEGMENTATION_SEED) -> torch.Tensor:
+    """Binary object mask (r, r) from one image's head-averaged self-attention (r*r, r*r) and its noun map."""
+    r = int(round(self_attention.shape[0] ** 0.5))
+    labels = kmeans(self_attention, num_segments, random_state=random_state).view(r, r)
+    return object_mask(labels, noun_map, ratio=ratio)
+
+
+def cluster_pair(self_maps: torch.Tensor, *, num_segments: int = 5, seed: int = SEGMENTATION_SEED) -> list[torch.Tensor]:
+    """Labels (r, r) of the appearance row, then the structure row, of (2, r*r, r*r) self-attention maps, fitted in
+    that order from one RandomState(seed): the official code's global-RNG sequence."""
+    stream = np.random.RandomState(seed)
+    r = int(round(self_maps.shape[-1] ** 0.5))
+    return [kmeans(self_maps[row], num_segments, random_state=stream).view(r, r) for row in range(2)]
+
+
 def masks_from_capture(capture, token_span: list[int], *, num_segments: int = 5,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       seed: int = SEGMENTATION_SEED) -> tuple[torch.Tensor, torch.Tensor]:
     """(appearance mask, structure mask), each (r, r), from a :class:`SegmentationCapture` of one pass."""
     if capture.self_maps is None or capture.cross_maps is None:
         raise RuntimeError("no attention maps were captured for self-segmentation")
     masks = []
-    for row in range(2):  # APP first, then STRUCT, from one generator: the official fitting order
+    for row, labels in enumerate(cluster_pair(capture.self_maps[:2], num_segments=num_segments, seed=seed)):
         cross = capture.cross_maps[row]  # (n, 77)
         side = int(round(cross.shape[0] ** 0.5))
         noun = cross[:, token_span].mean(dim=-1).view(side, side)
-        masks.append(self_segment(capture.self_maps[row], noun, num_segments=num_segments, generator=generator))
+        masks.append(object_mask(labels, noun))
     return masks[0], masks[1]
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError
+from ..errors import InputError, StyleforgeError, os_error_message
 from ..io import atomic_write
 from .sampling import EpsFn, alpha_bar, alpha_pair, ddim_step, ddpm_mean, ddpm_variance, step_ratio
 
 DDIM = "ddim"
 EDIT_FRIENDLY = "edit_friendly"
+#: how the edit-friendly inversion draws its noise (part of cache keys, so inversions drawn otherwise are not reused)
+NOISE_DRAWS = "per_step_least_noisy_first"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Inversion:
     model_id: str = ""
     image_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # method settings that changed the UNet (FreeU, ...)
+    family: str = ""  # "sd1" / "sdxl" of the model that made it ("" in files of older versions)
 
     @property
     def x0(self) -> torch.Tensor:
@@ -75,14 +79,26 @@ class Inversion:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"inversion file not found: {path}")
+        damaged = f"{path} is damaged or not a styleforge inversion file"
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
             tensors = load_file(str(path))
             settings = json.loads(meta["styleforge_inversion"])
-        except Exception as e:
-            raise InputError(f"not a styleforge inversion file: {path} ({type(e).__name__})") from None
-        return cls(latents=tensors["latents"], timesteps=tensors["timesteps"], noise=tensors.get("noise"), **settings)
+        except Exception:
+            raise InputError(f"{damaged} (write one with `styleforge invert`)") from None
+        names = {f.name for f in dataclasses.fields(cls)} - {"latents", "timesteps", "noise"}
+        if not isinstance(settings, dict) or set(settings) - names:
+            raise InputError(f"{damaged} (unknown settings: {', '.join(sorted(set(settings) - names)) or 'none'})")
+        latents, timesteps, noise = tensors.get("latents"), tensors.get("timesteps"), tensors.get("noise")
+        if latents is None or timesteps is None:
+            raise InputError(f"{damaged} (it holds no latents or timesteps)")
+        K = len(timesteps)
+        if (latents.ndim != 4 or timesteps.ndim != 1 or len(latents) != K + 1
+                or (noise is not None and tuple(noise.shape) != (K,) + tuple(latents.shape[1:]))
+                or settings.get("kind") not in (DDIM, EDIT_FRIENDLY) or not torch.isfinite(latents).all()):
+            raise InputError(f"{damaged} (its tensors do not fit together)")
+        return cls(latents=latents, timesteps=timesteps, noise=noise, **settings)
 
 
 def image_hash(image_tensor: torch.Tensor) -> str:
@@ -114,6 +130,20 @@ def ddim_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inference_steps:
     return Inversion(DDIM, torch.cat(latents[::-1]), timesteps, None, num_inference_steps=num_inference_steps, eta=0.0, **settings)
 
 
+def draw_noise_maps(num_steps: int, latent_shape: tuple[int, ...], generator: torch.Generator | None = None,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """The edit-friendly inversion's K forward-noise maps, (K, C, h, w), indexed like the grid (noisiest first).
+
+    Drawn as the official code (and LEDITS++) draws them: one latent-shaped float32 draw per grid point, least noisy
+    point first, on ``generator``'s device (``device`` without a generator), so a seed reproduces the official maps
+    on the same device. One batched draw in grid order would give other numbers.
+    """
+    gen_device = generator.device if generator is not None else device
+    draws = [torch.randn(latent_shape, generator=generator, device=gen_device, dtype=torch.float32)
+             for _ in range(num_steps)]
+    return torch.cat(draws[::-1]).to(device)
+
+
 @torch.no_grad()
 def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inference_steps: int, *,
                          generator: torch.Generator | None = None, eta: float = 1.0, zero_last_noise: bool = True,
@@ -124,8 +154,9 @@ def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inferen
     2. Going from noisy to clean, solve the sampler's step for the noise map that lands exactly on x_{k+1}:
        z_k = (x_{k+1} - mu_k) / (eta sigma_k).
     The official code zeroes the last map (``zero_last_noise=True``), so sampling then ends on mu_{K-1} instead of
-    x0 (a difference of sigma_{K-1} z, about 0.02 z on SD's grid); ``False`` keeps it and reconstructs x0 exactly.
-    ``x0`` is one latent (1, C, h, w); the K draws n_k come from ``generator`` in grid order.
+    x0 (a difference of sigma_{K-1} z, about 0.02 z on SD's grid); ``False`` keeps it and reconstructs x0 exactly
+    (as diffusers' LEDITS++ inversion does). ``x0`` is one latent (1, C, h, w); the K draws n_k come from
+    ``generator`` (on its device) as in the official code: see :func:`draw_noise_maps`.
     """
     from .sampling import timesteps_for
 
@@ -133,8 +164,7 @@ def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inferen
         raise ValueError("edit_friendly_invert inverts one latent at a time")
     timesteps = timesteps_for(scheduler, num_inference_steps)
     K = len(timesteps)
-    gen_device = generator.device if generator is not None else x0.device
-    draws = torch.randn((K,) + tuple(x0.shape[1:]), generator=generator, device=gen_device, dtype=torch.float32).to(x0)
+    draws = draw_noise_maps(K, tuple(x0.shape), generator, x0.device).to(x0)
     xs = [alpha_bar(scheduler, t).to(x0).sqrt() * x0[0] + (1 - alpha_bar(scheduler, t).to(x0)).sqrt() * draws[k]
           for k, t in enumerate(timesteps)] + [x0[0]]
     zs = torch.zeros((K,) + tuple(x0.shape[1:]), dtype=x0.dtype, device=x0.device)
@@ -150,7 +180,7 @@ def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inferen
     if zero_last_noise:
         zs[K - 1] = 0
     settings.setdefault("extra", {})
-    settings["extra"] = {**settings["extra"], "zero_last_noise": zero_last_noise}
+    settings["extra"] = {**settings["extra"], "zero_last_noise": zero_last_noise, "noise_draws": NOISE_DRAWS}
     return Inversion(EDIT_FRIENDLY, torch.stack(xs), timesteps, zs, num_inference_steps=num_inference_steps, eta=eta,
                      **settings)
 
@@ -178,12 +208,29 @@ class InversionCache:
 
     def get(self, **fields) -> Inversion | None:
         p = self.path(**fields)
-        if not p.exists():
-            return None
         try:
+            if not p.is_file():
+                return None
             return Inversion.load(p)
         except InputError:  # a damaged entry is recomputed, not trusted
             return None
+        except OSError as e:
+            self._unusable(e)
+            return None
 
-    def put(self, inversion: Inversion) -> Path:
-        return inversion.save(self.path(**{k: getattr(inversion, k) for k in self.KEY_FIELDS}))
+    def put(self, inversion: Inversion) -> Path | None:
+        """Store ``inversion``; a cache that cannot be written is an optimisation lost, not a failure (warned once)."""
+        try:
+            return inversion.save(self.path(**{k: getattr(inversion, k) for k in self.KEY_FIELDS}))
+        except (OSError, StyleforgeError) as e:
+            self._unusable(e)
+            return None
+
+    _warned: set = set()
+
+    def _unusable(self, error: Exception) -> None:
+        if str(self.root) not in InversionCache._warned:
+            InversionCache._warned.add(str(self.root))
+            reason = os_error_message(error) if isinstance(error, OSError) else str(error)
+            warnings.warn(f"the inversion cache {self.root} cannot be used ({reason}); going on without it "
+                          "(set STYLEFORGE_CACHE to a writable folder, or pass --no-cache)", stacklevel=3)

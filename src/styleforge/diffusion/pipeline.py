@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
 from ..io import ImageLike, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
@@ -52,7 +53,8 @@ class StyleforgePipeline(DiffusionPipeline):
         except ModelNotFoundError:
             raise
         except Exception as e:  # missing component files, bad configs, unloadable weights
-            raise ModelNotFoundError(f"could not load model {model!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+            first_line = (str(e).strip().splitlines() or ["its files cannot be read"])[0][:200]
+            raise ModelNotFoundError(f"could not load model {model!r} (damaged or incomplete folder?): {first_line}") from None
         pipe.register_to_config(_name_or_path=model)
         if device is not None:
             pipe.to(resolve_device(device))
@@ -123,13 +125,19 @@ class StyleforgePipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------- images
 
-    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image") -> torch.Tensor:
-        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1]."""
+    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
+                   resample: int = Image.BICUBIC) -> torch.Tensor:
+        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1].
+
+        ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
+        from ..validation import check_working_size
+
         size = size or self.default_resolution
         w, h = (size, size) if isinstance(size, int) else size
+        check_working_size(w, h, f"the {name}'s working size")
         if w % self.vae_scale_factor or h % self.vae_scale_factor:
             raise InputError(f"image size must be a multiple of {self.vae_scale_factor}, got {w}x{h}")
-        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h)))
+        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h), resample))
 
     def _vae_dtype(self) -> torch.dtype:
         # SDXL's VAE overflows in fp16 (config force_upcast): run it in fp32 then
@@ -199,19 +207,24 @@ class InversionPipeline(StyleforgePipeline):
                  guidance_scale: float = 1.0, negative_prompt: str = "", size: int | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, cache=None, eta: float = 1.0,
                  zero_last_noise: bool = True) -> InversionOutput:
-        from .inversion import DDIM, EDIT_FRIENDLY, ddim_invert, edit_friendly_invert, image_hash
+        from .inversion import DDIM, EDIT_FRIENDLY, NOISE_DRAWS, ddim_invert, edit_friendly_invert, image_hash
         from .sampling import ddim_sample, edit_friendly_sample, noise_predictor
+
+        from .. import validation as V
 
         if kind not in (DDIM, EDIT_FRIENDLY):
             raise InputError(f"kind must be {DDIM!r} or {EDIT_FRIENDLY!r}, got {kind!r}")
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), guidance_scale=(guidance_scale, V.finite),
+                    eta=(eta, V.non_negative), size=(size, V.optional_side))
         pixels = self.preprocess(image, size)
         h, w = pixels.shape[-2:]
         cond = self.encode_prompt(prompt, height=h, width=w)
         uncond = self.encode_prompt(negative_prompt, negative=True, height=h, width=w) if guidance_scale != 1.0 else None
         eps_fn = noise_predictor(self.unet, cond, uncond=uncond, guidance_scale=guidance_scale)
         settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
-                        seed=seed, model_id=self.model_id, image_hash=image_hash(pixels),
-                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise} if kind == EDIT_FRIENDLY else {}))
+                        seed=seed, model_id=self.model_id, family=self.family, image_hash=image_hash(pixels),
+                        extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise, "noise_draws": NOISE_DRAWS}
+                                                                  if kind == EDIT_FRIENDLY else {}))
         key = dict(settings, kind=kind, num_inference_steps=num_inference_steps, eta=eta if kind == EDIT_FRIENDLY else 0.0)
         inv = cache.get(**key) if cache is not None else None
         if inv is None:

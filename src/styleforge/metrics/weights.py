@@ -167,8 +167,8 @@ def read_state_dict(path: str | os.PathLike, spec: WeightFile | None = None) -> 
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelNotFoundError(f"could not read {label} at {path} as a weight file ({type(e).__name__}: {e})") from None
+    except Exception:  # truncated files, pickles that are not plain tensors (refused by weights_only)
+        raise ModelNotFoundError(f"{path} is damaged or not a {label} weight file") from None
     for wrapper in ("state_dict", "model", "teacher"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]

@@ -26,11 +26,14 @@ def read_landmarks(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputError(f"landmarks file not found: {path}")
-    text = path.read_text()
     try:
-        pts = np.asarray(json.loads(text), dtype=np.float64)
-    except (json.JSONDecodeError, ValueError):
-        pts = np.asarray([float(v) for v in text.replace(",", " ").split()], dtype=np.float64)
+        text = path.read_text(encoding="utf-8")
+        try:
+            pts = np.asarray(json.loads(text), dtype=np.float64)
+        except (json.JSONDecodeError, ValueError, TypeError):
+            pts = np.asarray([float(v) for v in text.replace(",", " ").split()], dtype=np.float64)
+    except (UnicodeDecodeError, ValueError, IsADirectoryError):
+        raise InputError(f"{path} is not a landmarks file (68 x, y numbers as JSON or text)") from None
     pts = pts.reshape(-1, 2) if pts.size % 2 == 0 else pts
     if pts.shape != (68, 2):
         raise InputError(f"{path}: expected 68 (x, y) landmarks, got {pts.size} numbers")

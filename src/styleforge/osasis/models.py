@@ -602,13 +602,43 @@ def strict_load(model: nn.Module, state: dict, *, what: str, ignore_prefixes: Se
 
 
 def read_torch_file(path: str | os.PathLike, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickled objects beyond tensors/containers, truncated files
-        raise ModelNotFoundError(f"{what} could not be read as a weights-only PyTorch file: {path} ({type(e).__name__}: {e})") from None
+    """A released checkpoint's tensors and plain containers; Lightning 1.x bookkeeping is read inertly, code never runs."""
+    from ..checkpoints import load_checkpoint
+
+    obj = load_checkpoint(path, what)
+    if not isinstance(obj, dict):
+        raise ModelNotFoundError(f"{path} is not a {what} file (it holds a {type(obj).__name__}, not a dict of weights)")
+    return obj
+
+
+#: DiffAE ``TrainConfig`` field -> our config key, for configs read from a Lightning file's hyper-parameters.
+_DIFFAE_HPARAMS = {"img_size": "image_size", "net_ch": "model_channels", "net_ch_mult": "channel_mult",
+                   "net_num_res_blocks": "num_res_blocks", "net_attn": "attention_resolutions",
+                   "net_beatgans_embed_channels": "embed_channels", "dropout": "dropout",
+                   "net_beatgans_attn_head": "num_heads", "net_enc_channel_mult": "enc_channel_mult",
+                   "net_enc_num_res_blocks": "enc_num_res_blocks", "style_ch": "enc_out_channels"}
+_LATENT_HPARAMS = {"style_ch": "num_channels", "net_latent_num_hid_channels": "num_hid_channels",
+                   "net_latent_layers": "num_layers", "net_latent_skip_layers": "skip_layers",
+                   "net_latent_time_emb_channels": "num_time_emb_channels", "net_latent_use_norm": "use_norm",
+                   "net_latent_condition_bias": "condition_bias"}
+
+
+def config_from_hparams(cls, obj: dict) -> dict:
+    """The architecture a DiffAE ``last.ckpt`` was trained with, from its saved ``TrainConfig`` fields.
+
+    DiffAE's ``LitModel`` saves ``conf.as_dict_jsonable()`` as Lightning hyper-parameters; our defaults are the
+    FFHQ-256 release, so only fields present (and not None) override them. Empty for other files and classes.
+    """
+    hp = obj.get("hyper_parameters")
+    table = {DiffAEAutoencoder: _DIFFAE_HPARAMS, LatentDDIMNet: _LATENT_HPARAMS}.get(cls)
+    if not isinstance(hp, dict) or table is None:
+        return {}
+    out = {}
+    for field, key in table.items():
+        value = hp.get(field)
+        if value is not None:
+            out[key] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def _lightning_subtree(obj: dict, prefix: str) -> dict:
@@ -635,7 +665,7 @@ def load_model(cls, path: str | os.PathLike, *, config: dict | None = None, use_
         model = cls.from_config(cls.load_config(path))
         return strict_load(model, load_file(str(path / WEIGHTS_NAME)), what=str(path)).eval()
     obj = read_torch_file(path, f"{name} weights")
-    model = cls(**(config or {}))
+    model = cls(**(config if config is not None else config_from_hparams(cls, obj)))
     root = "ema_model." if use_ema else "model."
     ignore: tuple[str, ...] = ()
     if cls is DiffAEAutoencoder:

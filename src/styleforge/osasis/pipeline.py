@@ -47,6 +47,13 @@ class StylizeSettings:
     clamp: bool = True
     batch_size: int = 64
 
+    def __post_init__(self):
+        from .. import validation as V
+
+        V.check_all(t0_ratio=(self.t0_ratio, V.open_fraction), encode_steps=(self.encode_steps, V.steps),
+                    decode_steps=(self.decode_steps, V.steps), spn_weight=(self.spn_weight, V.non_negative),
+                    split_resolution=(self.split_resolution, V.count), batch_size=(self.batch_size, V.count))
+
     def timestep_plan(self) -> TimestepPlan:
         return TimestepPlan(self.t0_ratio, self.encode_steps, self.decode_steps, self.plan)
 
@@ -102,7 +109,12 @@ class OSASISPipeline:
         meta_path = run / RUN_FILE
         if not meta_path.exists():
             raise ModelNotFoundError(f"{run} is not an OSASIS run folder with a finished model (no {RUN_FILE}; train it first)")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            raise ModelNotFoundError(f"{meta_path} is damaged (not an OSASIS run description)") from None
         diffae = diffae or meta.get("diffae")
         if not diffae:
             raise ModelNotFoundError("the run does not record its DiffAE model; pass it (diffae=... / --model)")

@@ -35,8 +35,11 @@ class PrepareSettings:
     def __post_init__(self):
         if self.plan not in PLAN_KINDS:
             raise InputError(f"plan must be one of {PLAN_KINDS}, got {self.plan!r}")
-        if self.num_candidates < 1:
-            raise InputError("need at least one candidate")
+        from .. import validation as V
+
+        V.check_all(num_candidates=(self.num_candidates, V.count), steps=(self.steps, V.steps),
+                    t0_ratio=(self.t0_ratio, V.open_fraction), l1_weight=(self.l1_weight, V.non_negative),
+                    lpips_weight=(self.lpips_weight, V.non_negative), batch_size=(self.batch_size, V.count))
 
     def to_dict(self) -> dict:
         return asdict(self)

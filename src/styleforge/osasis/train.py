@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..diffusion.memory import check_finite
 from ..errors import InputError, OutputError
-from ..io import make_strip, save_image, tensor_to_pil
+from ..io import atomic_folder, atomic_write, make_strip, save_image, tensor_to_pil
+from ..runtime import stop_if_diverged, stop_if_weights_diverged
 from .core import encode_to_t0, generate_photos, initial_noise, sample_semantic_codes, spn_decode_step
 from .losses import LossWeights, OSASISLoss
 from .models import DiffAEAutoencoder, LatentDDIMNet, PlainSPN, StructurePreservingNetwork
@@ -37,9 +36,9 @@ CKPT_DIR = "ckpt"
 
 @dataclass
 class TrainConfig:
-    """Stage-1 settings. Defaults: official ``utils/args.py`` except the two spec §10 recommendations for newly
-    trained models (``plan="consistent"``, ``spn_time_input="timestep"``); set both to the official values
-    (``official`` / ``grid_index``) to reproduce the released training exactly."""
+    """Stage-1 settings. Defaults: the released recipe (official ``utils/args.py``: decode 10 steps from t = 450
+    after encoding to t = 500, SPN fed the grid index). The spec §10 recommendations for newly trained models are
+    the switch ``plan="consistent"``, ``spn_time_input="timestep"`` (decode from t0 itself; SPN fed the timestep)."""
 
     iterations: int = 200
     batch_size: int = 8
@@ -48,9 +47,9 @@ class TrainConfig:
     t0_ratio: float = 0.5
     encode_steps: int = 50
     decode_steps: int = 20
-    plan: str = "consistent"
+    plan: str = "official"
     spn: str = "time"
-    spn_time_input: str = "timestep"
+    spn_time_input: str = "grid_index"
     spn_weight: float = 0.1
     style_spn_weight: float = 1.0  # official 1.0; the paper's reading uses spn_weight in both branches
     zero_init_spn: bool = False
@@ -74,9 +73,18 @@ class TrainConfig:
             raise InputError(f"SPN kind must be one of {SPN_KINDS}, got {self.spn!r}")
         if self.spn_time_input not in SPN_TIME_INPUTS:
             raise InputError(f"SPN time input must be one of {SPN_TIME_INPUTS}, got {self.spn_time_input!r}")
-        for name in ("iterations", "batch_size", "latent_steps", "content_steps"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from .. import validation as V
+
+        for name in ("iterations", "batch_size", "latent_steps", "content_steps", "encode_steps", "decode_steps"):
+            V.count.check(getattr(self, name), name)
+        for name in ("lr", "spn_lr"):
+            V.positive.check(getattr(self, name), name)
+        for name in ("spn_weight", "style_spn_weight", *(f"weights.{k}" for k in vars(self.weights))):
+            value = getattr(self.weights, name[8:]) if name.startswith("weights.") else getattr(self, name)
+            V.non_negative.check(value, name)
+        for name in ("checkpoint_every", "sample_every", "keep_checkpoints"):
+            V.non_negative_int.check(getattr(self, name), name)
+        V.open_fraction.check(self.t0_ratio, "t0_ratio")
         if self.autocast not in (None, "bf16", "fp16"):
             raise InputError(f"autocast must be bf16, fp16 or off, got {self.autocast!r}")
         self.timestep_plan()  # validates the plan now, not after the models are loaded
@@ -107,18 +115,6 @@ def make_spn(kind: str, zero_init: bool, *, norm_num_groups: int = 32, width: in
                                       norm_num_groups=norm_num_groups, zero_init_output=zero_init)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class OSASISTrainer:
     """Stage-1 trainer, constructible from components (any image embedder / perceptual distance)."""
 
@@ -129,6 +125,7 @@ class OSASISTrainer:
         if unet_a.encoder is None:
             raise InputError("unet_a must carry the semantic encoder")
         self.config = config
+        torch.manual_seed(config.seed)  # before the SPN (and anything else) draws its initial weights
         self.output = Path(output)
         self.plan = config.timestep_plan()
         self.schedule = schedule or NoiseSchedule.linear()
@@ -208,10 +205,10 @@ class OSASISTrainer:
             x_in_next, x0_in = spn_decode_step(self.unet_b, self.spn, x_in, photos, k, t, t_next, self.schedule,
                                                spn_weight=c.spn_weight, cond=z_in, **common)
         terms = self.loss(x0_in.float(), photos, x0_sty.float(), content_embeds=e_in)
+        stop_if_diverged({name: v.detach() for name, v in terms.items()}, self.iteration + 1)
         self.opt_unet.zero_grad(set_to_none=True)
         if self.opt_spn is not None:
             self.opt_spn.zero_grad(set_to_none=True)
-        check_finite(terms["total"], f"the loss at iteration {self.iteration + 1}", "try --autocast off or bf16")
         terms["total"].backward()
         self.opt_unet.step()
         if self.opt_spn is not None:
@@ -235,9 +232,16 @@ class OSASISTrainer:
             "history": json.dumps(self.history),
         }
 
+    def _check_weights(self) -> None:
+        stop_if_weights_diverged({f"unet_b.{k}": v for k, v in self.unet_b.state_dict().items()}, self.iteration)
+        if self.spn is not None:
+            stop_if_weights_diverged({f"spn.{k}": v for k, v in self.spn.state_dict().items()}, self.iteration)
+
     def save_checkpoint(self) -> Path:
+        self._check_weights()
         path = self.output / CKPT_DIR / f"iter_{self.iteration:06d}.pt"
-        _atomic_torch_save(self.checkpoint_state(), path)
+        with atomic_write(path) as tmp:
+            torch.save(self.checkpoint_state(), tmp)
         old = sorted((self.output / CKPT_DIR).glob("iter_*.pt"))
         for stale in old[:-self.config.keep_checkpoints] if self.config.keep_checkpoints > 0 else []:
             stale.unlink(missing_ok=True)
@@ -247,26 +251,32 @@ class OSASISTrainer:
         path = Path(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InputError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-        if state.get("format") != "styleforge-osasis-1":
+        except Exception:
+            raise InputError(f"{path} is damaged or not a styleforge OSASIS training checkpoint") from None
+        if not isinstance(state, dict) or state.get("format") != "styleforge-osasis-1":
             raise InputError(f"{path} is not a styleforge OSASIS training checkpoint")
-        saved = json.loads(state["config"])
+        try:
+            saved = json.loads(state["config"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path} is damaged (its settings are not readable)") from None
         for key in ("batch_size", "t0_ratio", "encode_steps", "decode_steps", "plan", "spn", "spn_time_input"):
             if saved.get(key) != getattr(self.config, key):
                 raise InputError(f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, "
                                  f"now {getattr(self.config, key)!r}")
-        self.unet_b.load_state_dict(state["unet_b"])
-        if self.spn is not None:
-            self.spn.load_state_dict(state["spn"])
-            self.opt_spn.load_state_dict(state["optim_spn"])
-        self.opt_unet.load_state_dict(state["optim_unet"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.iteration = int(state["iteration"])
-        self.history = json.loads(state["history"])
+        try:
+            self.unet_b.load_state_dict(state["unet_b"])
+            if self.spn is not None:
+                self.spn.load_state_dict(state["spn"])
+                self.opt_spn.load_state_dict(state["optim_spn"])
+            self.opt_unet.load_state_dict(state["optim_unet"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            self.iteration = int(state["iteration"])
+            self.history = json.loads(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            raise InputError(f"{path} is damaged (its weights or states do not fit this model)") from None
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted((self.output / CKPT_DIR).glob("iter_*.pt"))
@@ -284,16 +294,16 @@ class OSASISTrainer:
 
     def save_model(self) -> Path:
         """The stylization model: ``model/unet_b``, ``model/spn`` and ``osasis.json``."""
-        model_dir = self.output / "model"
-        self.unet_b.save_pretrained(model_dir / "unet_b")
-        if self.spn is not None:
-            self.spn.save_pretrained(model_dir / "spn")
+        self._check_weights()
+        with atomic_folder(self.output / "model") as model_dir:
+            self.unet_b.save_pretrained(model_dir / "unet_b")
+            if self.spn is not None:
+                self.spn.save_pretrained(model_dir / "spn")
         meta = {**self.run_metadata, "method": "osasis", "iteration": self.iteration, "spn": self.config.spn,
                 "spn_time_input": self.config.spn_time_input, "train": self.config.to_dict()}
         meta.setdefault("style_image", "style.png")
-        tmp = self.output / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        os.replace(tmp, self.output / RUN_FILE)
+        with atomic_write(self.output / RUN_FILE) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2, default=str))
         return self.output
 
     def train(self, *, resume: bool | str | os.PathLike = False, progress: bool = True, stop_after: int | None = None) -> list[dict]:

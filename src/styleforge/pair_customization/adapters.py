@@ -80,8 +80,23 @@ class LoRA(nn.Module):
         return (self.up @ self.down) * self.scale
 
 
+#: Adapter names are ModuleDict keys; a name that is an attribute of nn.ModuleDict ("train", "to", "half", ...) or
+#: that starts with this prefix is stored under prefix + name, so every name is usable and the mapping is one-to-one.
+_KEY_PREFIX = "adapter__"
+_PROBE = nn.ModuleDict()
+
+
+def adapter_key(name: str) -> str:
+    """The ModuleDict key under which adapter ``name`` is stored."""
+    return _KEY_PREFIX + name if hasattr(_PROBE, name) or name.startswith(_KEY_PREFIX) else name
+
+
+def adapter_name(key: str) -> str:
+    return key[len(_KEY_PREFIX):] if key.startswith(_KEY_PREFIX) else key
+
+
 class LayerAdapters(nn.Module):
-    """The adapters of one targeted Linear, by adapter name."""
+    """The adapters of one targeted Linear, by adapter name (stored under :func:`adapter_key`)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
@@ -127,7 +142,7 @@ class UNetAdapters(nn.Module):
             for name, multiplier in state.scales.items():
                 if multiplier == 0:
                     continue
-                delta = loras[name](x, detach=name in state.detached)
+                delta = loras[adapter_key(name)](x, detach=name in state.detached)
                 output = output + (delta if multiplier == 1 else multiplier * delta).to(output.dtype)
             return output
 
@@ -143,7 +158,7 @@ class UNetAdapters(nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        return list(self.layers[0].lora.keys()) if len(self.layers) else []
+        return [adapter_name(k) for k in self.layers[0].lora.keys()] if len(self.layers) else []
 
     @property
     def widths(self) -> dict[str, tuple[int, int]]:
@@ -171,7 +186,7 @@ class UNetAdapters(nn.Module):
             else:
                 std = init_std if init_std is not None else 1.0 / rank
                 down = torch.randn(rank, layer.in_features, generator=generator) * std
-            layer.lora[name] = LoRA(down.to(device, torch.float32), layer.out_features, rank if alpha is None else alpha,
+            layer.lora[adapter_key(name)] = LoRA(down.to(device, torch.float32), layer.out_features, rank if alpha is None else alpha,
                                     trainable_down=trainable_down)
 
     def add_from_tensors(self, name: str, tensors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], alpha: float | None,
@@ -197,18 +212,19 @@ class UNetAdapters(nn.Module):
             lora = LoRA(down.to(device, d), layer.out_features, down.shape[0] if alpha is None else alpha,
                         up=up.to(device, d))
             lora.up.requires_grad_(False)
-            layer.lora[name] = lora
+            layer.lora[adapter_key(name)] = lora
 
     def delete(self, name: str) -> None:
         for layer in self.layers:
-            del layer.lora[name]
+            del layer.lora[adapter_key(name)]
 
     def loras(self, name: str) -> list[LoRA]:
-        return [layer.lora[name] for layer in self.layers]
+        return [layer.lora[adapter_key(name)] for layer in self.layers]
 
     def tensors(self, name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{module name: (down, up)}`` of adapter ``name`` (detached views; fixed A may be shared between layers)."""
-        return {n: (l.lora[name].down.detach(), l.lora[name].up.detach()) for n, l in zip(self.names, self.layers)}
+        key = adapter_key(name)
+        return {n: (l.lora[key].down.detach(), l.lora[key].up.detach()) for n, l in zip(self.names, self.layers)}
 
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         """The up-projections (and the down-projections when they are parameters), in layer order."""

@@ -5,9 +5,11 @@ Per sampling step (paper Eq. 10, and Eq. 11 for several styles):
     eps = eps_0(x, {}) + g_cfg [eps_0(x, c) - eps_0(x, {})] + sum_i g_i [eps_{style_i}(x, c_style_i) - eps_0(x, c)]
 
 eps_0 is the base model (adapters off), eps_{style_i} the base model plus style adapter i only, c the user's prompt
-and c_style_i = "{c} in {desc_i} style". The first ``style_start_step`` steps run plain CFG (the structure lock of
-paper §4, "SDEdit"-like), or every step whose timestep exceeds ``style_start_timestep`` (the official code's
-threshold 800). A style at scale 0 is skipped, so scale 0 is plain CFG exactly.
+and c_style_i = "{c} in {desc_i} style". Style guidance runs from the first step by default, as the official
+text-to-image pipeline does (its ``start_LoRA_step`` is only read on its LoRA-scale path); the first
+``style_start_step`` steps can run plain CFG instead (the structure lock of paper §4, "SDEdit"-like, 10 of 50), or
+every step whose timestep exceeds ``style_start_timestep``. A style at scale 0 is skipped, so scale 0 is plain CFG
+exactly.
 
 Real photos (spec §4.7): DDIM inversion with the conditional base prediction on the photo's prompt, then DDIM
 regeneration from the inverted latent with the negative prompt equal to the prompt, so the CFG term vanishes:
@@ -26,10 +28,11 @@ from ..diffusion.inversion import DDIM, ddim_invert, image_hash
 from ..diffusion.pipeline import SD1, SDXL, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
 from ..diffusion.sampling import alpha_pair, ddim_step
+from .. import validation as V
 from ..errors import InputError
 from ..io import ImageLike
 from ..loading import DEFAULT_SD1_MODEL
-from .adapters import DEFAULT_TARGETS, UNetAdapters
+from .adapters import DEFAULT_TARGETS, UNetAdapters, find_targets
 from .style_io import StyleAdapter
 
 SCHEDULERS = ("pndm", "ddim", "euler", "euler_a", "dpm")
@@ -101,16 +104,25 @@ class PairCustomizationPipeline(StyleforgePipeline):
     def adapters(self) -> UNetAdapters | None:
         return getattr(self, "_adapters", None)
 
-    def load_style(self, style: str | StyleAdapter, name: str | None = None) -> str:
-        """Attach a style (folder, ``.safetensors`` file or :class:`StyleAdapter`) under ``name``; returns the name."""
+    def load_style(self, style: str | StyleAdapter, name: str | None = None, *, style_word: str | None = None) -> str:
+        """Attach a style (folder, ``.safetensors`` file or :class:`StyleAdapter`) under ``name``; returns the name.
+
+        ``style_word`` names the style in the prompt suffix "in <word> style"; it is required for LoRA files saved
+        by other tools (the official PairCustomization script stores none) and overrides a style's own word.
+        """
         adapter = style if isinstance(style, StyleAdapter) else StyleAdapter.load(style)
         name = _adapter_name(name or adapter.metadata.get("name") or f"style{len(self.styles)}")
         if name in self.styles:
             raise InputError(f"a style named {name!r} is already loaded; pass another name")
+        if style_word is not None:
+            adapter.metadata["style_word"] = style_word
+        if not adapter.style_word:
+            raise InputError(f"{name} carries no style word (a LoRA saved outside styleforge): give it with "
+                             "--style-word / style_word=, e.g. the official run's 'in <WORDS> style' suffix words")
         targets = tuple(adapter.metadata.get("targets", DEFAULT_TARGETS))
         if self.adapters is None:
             self._adapters = UNetAdapters(self.unet, targets)
-        elif tuple(self.adapters.targets) != targets:
+        elif set(find_targets(self.unet, targets)) != set(self.adapters.names):  # same layers, in any order
             raise InputError(f"style {name!r} adapts {targets}, the loaded styles adapt {self.adapters.targets}")
         adapter.metadata.setdefault("name", name)
         adapter.check_compatible(self.family, self.adapters.widths, self.model_id)
@@ -233,7 +245,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
         guidance_scale: float | None = None,
         negative_prompt: str | None = "",
         num_inference_steps: int = 50,
-        scheduler: str = "pndm",
+        scheduler: str | None = None,
         style_start_step: int | None = None,
         style_start_timestep: int | None = None,
         lora_scale: float = 1.0,
@@ -254,9 +266,10 @@ class PairCustomizationPipeline(StyleforgePipeline):
 
         ``style_scale``: one lambda_style for all styles, one per style, or ``{name: scale}`` (blending, Eq. 11).
         ``guidance_scale``: lambda_cfg (default 7.5 on SD 1.x, 5 on SDXL). ``style_start_step``: plain-CFG steps
-        before style guidance starts (default 10 for text-to-image, 0 for a real ``image``);
-        ``style_start_timestep``: instead, plain CFG while t > this value (official code: 800).
-        ``scheduler``: pndm (paper), ddim, euler (official code), euler_a, dpm. With ``image``, the photo is
+        before style guidance starts (default 0, the official code; the paper locks 10 of 50);
+        ``style_start_timestep``: instead, plain CFG while t > this value.
+        ``scheduler``: euler (the default: the official code samples with SDXL's own scheduler), pndm (paper), ddim,
+        euler_a, dpm; a real ``image`` is always regenerated with DDIM. With ``image``, the photo is
         DDIM-inverted on ``prompt`` (which should describe it) and regenerated with DDIM; ``negative_prompt=None``
         (the default for images) makes the CFG term vanish, as the official real-image script does.
         ``return_base`` also returns the unstyled image from the same noise (for a photo: its reconstruction); it
@@ -265,8 +278,14 @@ class PairCustomizationPipeline(StyleforgePipeline):
         """
         if output_type not in ("pil", "pt", "latent"):
             raise InputError("output_type must be 'pil', 'pt' or 'latent'")
-        if num_inference_steps < 1:
-            raise InputError("num_inference_steps must be >= 1")
+        scales = style_scale.values() if isinstance(style_scale, Mapping) else (
+            style_scale if isinstance(style_scale, (list, tuple)) else [style_scale])
+        for scale in scales:
+            V.finite.check(scale, "style_scale")
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), guidance_scale=(guidance_scale, V.optional_finite),
+                    lora_scale=(lora_scale, V.finite), style_start_step=(style_start_step, V.Number(int, 0, optional=True)),
+                    style_start_timestep=(style_start_timestep, V.Number(int, 0, optional=True)),
+                    height=(height, V.optional_side), width=(width, V.optional_side))
         if not self.styles and styles is None:
             raise InputError("no style loaded: call load_style(path) first")
         device = self._execution_device
@@ -275,7 +294,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
         if image is not None:
             return self._stylize_image(prompt, image, styles=styles, style_scale=style_scale, guidance_scale=guidance_scale,
                                        negative_prompt=negative_prompt if negative_prompt != "" else None,
-                                       num_inference_steps=num_inference_steps, scheduler=scheduler,
+                                       num_inference_steps=num_inference_steps, scheduler=scheduler or "ddim",
                                        style_start_step=0 if style_start_step is None else style_start_step,
                                        style_start_timestep=style_start_timestep, lora_scale=lora_scale, mode=mode,
                                        size=(width, height) if width and height else (width or height),
@@ -283,12 +302,13 @@ class PairCustomizationPipeline(StyleforgePipeline):
                                        return_base=return_base, output_type=output_type, callback=callback)
         height = height or self.default_resolution
         width = width or self.default_resolution
+        V.check_working_size(width, height, "the image")
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise InputError(f"height and width must be multiples of {self.vae_scale_factor}, got {width}x{height}")
         state = self.prepare_guidance(prompt, styles=styles, style_scale=style_scale, guidance_scale=guidance_scale,
                                       negative_prompt=negative_prompt if negative_prompt is not None else "",
                                       lora_scale=lora_scale, height=height, width=width, mode=mode)
-        sched = make_scheduler(scheduler, self.scheduler.config)
+        sched = make_scheduler(scheduler or "euler", self.scheduler.config)
         sched.set_timesteps(num_inference_steps, device=device)
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(seed if seed is not None else torch.seed())
@@ -297,7 +317,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
             latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
         latents = latents.to(device, torch.float32) * sched.init_noise_sigma
         stepper = _DiffusersStepper(sched, generator)
-        lock = _locked_steps(sched.timesteps, style_start_step if style_start_step is not None else 10, style_start_timestep)
+        lock = _locked_steps(sched.timesteps, style_start_step or 0, style_start_timestep)
         return self._run(state, latents, stepper, lock, return_base, output_type, callback)
 
     def _run(self, state: GuidanceState, latents, stepper, lock: int, return_base: bool, output_type: str,

@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ..diffusion.memory import check_finite
 from ..diffusion.pipeline import SDXL, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
+from .. import validation as V
 from ..errors import InputError, OutputError
+from ..runtime import stop_if_diverged, stop_if_weights_diverged
 from ..io import ImageLike, load_image, make_strip, pil_to_tensor, save_image
 from .adapters import CONTENT, DEFAULT_BASIS_SEED, DEFAULT_TARGETS, STYLE, UNetAdapters, attach_pair_adapters
-from .style_io import CONTENT_WEIGHTS, STYLE_WEIGHTS, StyleAdapter, atomic_dir, atomic_write, style_prompt
+from .style_io import CONTENT_DIR, STYLE_WEIGHTS, StyleAdapter, atomic_dir, atomic_write, style_prompt
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 CHECKPOINTS = "checkpoints"
@@ -79,7 +80,7 @@ class PairCustomizationConfig:
     validation_steps: int = 25
     validation_guidance_scale: float = 7.5
     validation_seed: int = 0
-    save_content: bool = False  # also export the content adapter (content.safetensors)
+    save_content: bool = False  # also export the content adapter (content/style.safetensors)
 
     @property
     def style_prompt(self) -> str:
@@ -109,8 +110,16 @@ class PairCustomizationConfig:
             raise InputError("flip_probability must be in [0, 1]")
         if self.lr <= 0:
             raise InputError("lr must be > 0")
-        if self.checkpoint_every < 0:
-            raise InputError("checkpoint_every must be >= 0")
+        V.check_all(lr=(self.lr, V.positive), weight_decay=(self.weight_decay, V.non_negative),
+                    adam_beta1=(self.adam_beta1, V.Number(float, 0, 0.999999)),
+                    adam_beta2=(self.adam_beta2, V.Number(float, 0, 0.999999)), adam_eps=(self.adam_eps, V.positive),
+                    max_grad_norm=(self.max_grad_norm, V.optional_positive), resolution=(self.resolution, V.side),
+                    content_alpha=(self.content_alpha, V.optional_positive),
+                    style_alpha=(self.style_alpha, V.optional_positive),
+                    checkpoint_every=(self.checkpoint_every, V.non_negative_int),
+                    keep_checkpoints=(self.keep_checkpoints, V.Number(int, 0, optional=True)),
+                    validation_steps=(self.validation_steps, V.steps),
+                    validation_guidance_scale=(self.validation_guidance_scale, V.finite))
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -310,8 +319,8 @@ class PairCustomizationTrainer:
         """
         opt, scaler = self.optimizer, self.scaler
         with self._scope(phase):
-            loss = check_finite(self._phase_loss(phase, batch), f"the {phase} loss at iteration {self.iteration}",
-                                "try --mixed-precision no or bf16")
+            loss = self._phase_loss(phase, batch)
+            stop_if_diverged({phase: loss.detach()}, self.iteration + 1)
             (scaler.scale(loss) if scaler else loss).backward()
         if self.config.max_grad_norm:
             if scaler:
@@ -381,7 +390,7 @@ class PairCustomizationTrainer:
         if out is not None and self.iteration >= cfg.iterations:
             result.style.save(out)
             if result.content is not None:
-                result.content.save(out, weights_name=CONTENT_WEIGHTS, meta_name=None)
+                result.content.save(out / CONTENT_DIR)  # its own folder: the style folder keeps one LoRA file
             atomic_write(out / "losses.json", lambda tmp: Path(tmp).write_text(json.dumps(self.history)))
         return result
 
@@ -417,12 +426,14 @@ class PairCustomizationTrainer:
 
     def save_checkpoint(self, folder: str | Path) -> Path:
         """adapters.safetensors (both adapters, A and B), state.pt (optimizer, scaler, RNG states), state.json."""
+        tensors = {}
+        for name in (CONTENT, STYLE):
+            for mod, (a, b) in self.adapters.tensors(name).items():
+                tensors[f"{name}.{mod}.lora_A.weight"] = a.cpu().clone(memory_format=torch.contiguous_format)  # own storage (safetensors)
+                tensors[f"{name}.{mod}.lora_B.weight"] = b.cpu().clone(memory_format=torch.contiguous_format)
+        stop_if_weights_diverged(tensors, self.iteration)
+
         def fill(tmp: Path) -> None:
-            tensors = {}
-            for name in (CONTENT, STYLE):
-                for mod, (a, b) in self.adapters.tensors(name).items():
-                    tensors[f"{name}.{mod}.lora_A.weight"] = a.cpu().clone(memory_format=torch.contiguous_format)  # own storage (safetensors)
-                    tensors[f"{name}.{mod}.lora_B.weight"] = b.cpu().clone(memory_format=torch.contiguous_format)
             save_file(tensors, str(tmp / "adapters.safetensors"))
             state = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                      "torch_rng": torch.get_rng_state()}
@@ -456,8 +467,9 @@ class PairCustomizationTrainer:
             state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
         except FileNotFoundError:
             raise InputError(f"not a PairCustomization checkpoint (missing files): {folder}") from None
-        except Exception as e:
-            raise InputError(f"checkpoint {folder} is damaged: {type(e).__name__}: {e}") from None
+        except Exception:  # truncated files, non-JSON state, a pickle that is not plain tensors (weights_only)
+            raise InputError(f"checkpoint {folder} is damaged (state.json, adapters.safetensors or state.pt cannot be "
+                             "read)") from None
         saved = PairCustomizationConfig.from_json(info["config"])
         diffs = [f for f in RESULT_FIELDS if getattr(saved, f) != getattr(self.config, f)]
         if diffs:

@@ -231,7 +231,12 @@ class EditDirection:
         info = {}
         if path.suffix == ".safetensors":
             info = _safetensors_metadata(path).get("styleforge_direction")
-            info = json.loads(info) if info else {}
+            try:
+                info = json.loads(info) if info else {}
+                if not isinstance(info, dict):
+                    raise ValueError
+            except ValueError:
+                raise InputError(f"{path} is damaged (its direction metadata is not valid JSON)") from None
         delta = load_embedding(path, what="direction")
         info.pop("norm", None)
         known = {k: info.pop(k) for k in ("source", "target", "num_source", "num_target", "model_id") if k in info}
@@ -288,8 +293,8 @@ def load_embedding(path: str | os.PathLike, *, what: str = "embedding") -> torch
                 t = next(iter(t.values()))
     except InputError:
         raise
-    except Exception as e:
-        raise InputError(f"could not read {what} file {path}: {type(e).__name__}") from None
+    except Exception:  # truncated files, pickles that are not plain tensors (refused by weights_only)
+        raise InputError(f"{path} is damaged or not a {what} file (a tensor saved with torch.save or safetensors)") from None
     return _as_sequence_embedding(t, f"{what} in {path.name}")
 
 

@@ -12,14 +12,14 @@ a model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
 
-#: the pyramid stops after the first level whose side is at most this (64 -> 32 -> 16 -> 8: four levels)
+#: the pyramid stops after the first level whose height is at most this (64 -> 32 -> 16 -> 8: four levels)
 AUTOCORR_MIN_SIDE = 8
 #: keeps log(Var) finite for a constant map, as in the official code
 KL_EPS = 1e-7
@@ -39,27 +39,42 @@ def draw_shift(side: int, generator: torch.Generator | None = None) -> int:
     return int(torch.randint(1, high, (1,), generator=generator).item())
 
 
+#: ``shift_fn(height) -> offset``: where the autocorrelation loss gets each roll offset from
+ShiftFn = Callable[[int], int]
+
+
 def autocorrelation_loss(noise: torch.Tensor, *, generator: torch.Generator | None = None,
-                         shift: int | None = None) -> torch.Tensor:
+                         shift: int | ShiftFn | None = None) -> torch.Tensor:
     """L_ac of spec §3.3: squared mean products of each channel with its rolled self, over an average-pool pyramid.
 
-    ``noise`` is (B, C, H, W); the batch items are summed. ``shift`` fixes the roll (tests); otherwise one offset
-    per pyramid level is drawn from ``generator``.
+    As in the official code, every channel of every batch item has its own pyramid and every (channel, level) its
+    own offset, drawn in that order (channels outer, levels inner) from the level's *height* (also on non-square
+    maps, where the height also decides when the pyramid stops), and both axes roll by that one offset.
+    ``shift`` fixes the offset (an int, tests) or draws it (``shift(height) -> int``); by default it is
+    :func:`draw_shift` with ``generator``.
     """
     if noise.ndim != 4:
         raise ValueError(f"expected a (B, C, H, W) noise map, got shape {tuple(noise.shape)}")
+    if shift is None:
+        offset = lambda height: draw_shift(height, generator)  # noqa: E731
+    elif isinstance(shift, int):
+        offset = lambda height: shift  # noqa: E731
+    else:
+        offset = shift
     total = noise.new_zeros(())
-    level = noise
-    while True:
-        side = min(level.shape[-2:])
-        if side >= 2:
-            d = shift if shift is not None else draw_shift(side, generator)
-            # mean over pixels per (batch, channel); squared; summed over channels and batch items
-            total = total + ((level * level.roll(d, dims=-2)).mean(dim=(-2, -1)) ** 2).sum()
-            total = total + ((level * level.roll(d, dims=-1)).mean(dim=(-2, -1)) ** 2).sum()
-        if side <= AUTOCORR_MIN_SIDE:
-            return total
-        level = F.avg_pool2d(level, kernel_size=2)
+    for item in noise.split(1):
+        for channel in item.split(1, dim=1):
+            level = channel
+            while True:
+                height, width = level.shape[-2:]
+                if min(height, width) >= 2:  # a 1-pixel axis has nothing to correlate (and nothing to pool)
+                    d = offset(height)
+                    total = total + (level * level.roll(d, dims=-2)).mean() ** 2
+                    total = total + (level * level.roll(d, dims=-1)).mean() ** 2
+                if height <= AUTOCORR_MIN_SIDE or min(height, width) < 2:
+                    break
+                level = F.avg_pool2d(level, kernel_size=2)
+    return total
 
 
 def kl_divergence(noise: torch.Tensor) -> torch.Tensor:
@@ -90,7 +105,7 @@ def _grad_of(loss_fn, x: torch.Tensor) -> torch.Tensor:
 
 
 def regularize_noise(noise: torch.Tensor, settings: RegularizerSettings = RegularizerSettings(), *,
-                     generator: torch.Generator | None = None, shift: int | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, shift: int | ShiftFn | None = None) -> torch.Tensor:
     """Push a predicted noise map towards white Gaussian noise by gradient descent on the map (no model involved).
 
     ``eps <- eps - lambda_ac / rolls * grad L_ac`` (``rolls`` times), then ``eps <- eps - lambda_kl * grad L_KL``,

@@ -12,6 +12,23 @@ The edit, as in the paper's Algorithm 1 (spec §3):
 With lambda_e = 0 this is pix2pix-zero. Two guidance modes (spec §3.6): ``"p2pzero_code"`` (default; the official
 code: the latent is duplicated for the two CFG branches, both copies are guided, the negative-prompt copy is
 stepped) and ``"paper"`` (Algorithm 1 literally: one latent, guided by the conditional branch).
+
+Scales, so that lambda values can be compared with the paper and between modes:
+
+* L_e (Eq. 15) is a *sum* over layers l and the S patches s in the paper; here it is summed over the layers and the
+  patch sizes but *averaged* over the S patches of each (layer, patch size) and over the batch items, i.e. over the
+  two CFG copies in ``"p2pzero_code"`` mode. One unit of ``lambda_cut`` is therefore a paper lambda_e of 1/S (1/(2S)
+  per copy in ``"p2pzero_code"`` mode; S = ``cut_num_patches``, 256).
+* L_c is averaged over (batch items x heads) as in the official code, so it too is a mean over the two copies.
+* Hence the step size differs 2x between the modes: with CFG, ``"p2pzero_code"`` moves the stepped copy by
+  ``guidance_lr / 2`` times the gradient of its own branch's loss, ``"paper"`` by ``guidance_lr`` times the gradient
+  of its single branch. Without CFG (``cfg_scale <= 1``) both modes use one branch and the same step.
+* L_e's features (spec §3.7): the output of every self-attention sub-layer (``attn1``, after its output
+  projection) of the UNet's encoder blocks by default (``cut_layers``; SD 1.5: 2 layers at 64x64, 2 at 32x32, 2 at
+  16x16), both CFG halves in ``"p2pzero_code"`` mode and the conditional half in ``"paper"`` mode, each compared with
+  the same half of the reference (reconstruction) trajectory at the same timestep; raw and 2x2-average-pooled
+  (``cut_patch_sizes``), L2-normalised over channels, ``cut_num_patches`` random positions per layer and size shared
+  by query and keys, temperature ``cut_tau``, no projection head, the reference side detached.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..diffusion.attention import AttentionController
 from ..diffusion.inversion import ddim_invert
@@ -44,7 +62,8 @@ from .guidance import CUT_LAYER_SETS, GuidanceProbe, ReferenceStep
 from .losses import PatchNCESettings, RegularizerSettings, regularize_noise
 
 GUIDANCE_MODES = ("p2pzero_code", "paper")
-INVERSION_GRIDS = ("symmetric", "p2pzero")
+#: the official code's grid (default) or the exact inverse of the sampler's grid
+INVERSION_GRIDS = ("p2pzero", "symmetric")
 REFERENCE_MODES = ("interleaved", "stored")
 OUTPUT_TYPES = ("pil", "np", "latent")
 
@@ -106,7 +125,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         cut_patch_sizes: Sequence[int] = (1, 2),
         cut_tau: float = 0.07,
         # inversion
-        inversion_grid: str = "symmetric",
+        inversion_grid: str = "p2pzero",
         reg_lambda_ac: float = 20.0,
         reg_lambda_kl: float = 20.0,
         reg_steps: int = 5,
@@ -128,7 +147,10 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
 
         ``negative_prompt=None`` uses the caption (pix2pix-zero's real-image mode; the reference pass's CFG then
         collapses to the conditional noise). ``guidance_lr`` is lambda of Eq. 18, ``lambda_xa``/``lambda_cut`` are
-        lambda_c/lambda_e of Eq. 17; ``lambda_cut=0`` is pix2pix-zero. ``reference_mode="interleaved"`` runs each
+        lambda_c/lambda_e of Eq. 17 with the scales of the module docstring (L_e a mean over patches and CFG copies,
+        not Eq. 15's sum; half the step per copy in ``"p2pzero_code"`` mode); ``lambda_cut=0`` is pix2pix-zero.
+        The defaults are the official code's (inversion grid ``"p2pzero"``, LANCZOS resize, per-channel roll offsets)
+        except ``vae_sample=False``: the posterior mode, deterministic, where the official code samples (unseeded). ``reference_mode="interleaved"`` runs each
         reference step just before the guided step that needs it (one step of maps in memory);
         ``"stored"`` runs the whole reference pass first (optionally keeping its records on the CPU with
         ``offload_reference``); both give identical results. ``gradient_checkpointing`` recomputes the UNet's
@@ -143,10 +165,15 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         _check_choice("reference_mode", reference_mode, REFERENCE_MODES)
         _check_choice("output_type", output_type, OUTPUT_TYPES)
         _check_choice("cut_layers", cut_layers, tuple(CUT_LAYER_SETS))
-        if num_inference_steps < 1:
-            raise InputError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        if inversion_grid == "p2pzero" and num_inference_steps < 3:
-            raise InputError("the p2pzero inversion grid drops two steps, so it needs num_inference_steps >= 3")
+        from .. import validation as V
+
+        V.check_all(num_inference_steps=(num_inference_steps, V.steps), edit_multiplier=(edit_multiplier, V.finite),
+                    cfg_scale=(cfg_scale, V.finite), guided_step_range=(guided_step_range, V.fraction_pair),
+                    cut_num_patches=(cut_num_patches, V.count), cut_tau=(cut_tau, V.positive),
+                    reg_steps=(reg_steps, V.non_negative_int), reg_rolls=(reg_rolls, V.non_negative_int),
+                    num_sentences=(num_sentences, V.count))
+        for p in cut_patch_sizes:
+            V.count.check(p, "cut_patch_sizes")
         for name, value in (("guidance_lr", guidance_lr), ("lambda_xa", lambda_xa), ("lambda_cut", lambda_cut),
                             ("reg_lambda_ac", reg_lambda_ac), ("reg_lambda_kl", reg_lambda_kl)):
             if not (math.isfinite(value) and value >= 0):
@@ -168,7 +195,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
 
         # 1. image and caption (Eq. 11)
         pil = load_image(image)
-        pixels = self.preprocess(pil, self.working_size(pil.size, size))
+        pixels = self.preprocess(pil, self.working_size(pil.size, size), resample=Image.LANCZOS)  # as the official CLI
         if caption is None and source_prompt is not None:
             caption = source_prompt  # a prompt edit describes the input with its source prompt
         caption = resolve_caption(pil, caption, captioner, device=self._execution_device)
@@ -185,6 +212,10 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
 
         # 3. inversion (Eq. 9-10 with pix2pix-zero's noise regulariser)
         if inverted_latent is None:
+            if inversion_grid == "p2pzero" and num_inference_steps < 3:
+                warnings.warn("the p2pzero inversion grid (the default) drops the first and last of the N steps, so "
+                              f"with {num_inference_steps} steps it inverts nothing (x_T = x_0, as the official code); "
+                              "use inversion_grid='symmetric' (--inversion-grid symmetric) for short runs", stacklevel=3)
             x0 = self.encode_images(pixels, generator=generator, sample=vae_sample)
             x_T = self.invert(x0, cond, num_inference_steps, grid=inversion_grid, regularizer=reg,
                               generator=inversion_generator)
@@ -282,14 +313,15 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
     # ------------------------------------------------------------------------------------------- inversion
 
     @torch.no_grad()
-    def invert(self, x0: torch.Tensor, cond: Conditioning, num_inference_steps: int, *, grid: str = "symmetric",
+    def invert(self, x0: torch.Tensor, cond: Conditioning, num_inference_steps: int, *, grid: str = "p2pzero",
                regularizer: RegularizerSettings = RegularizerSettings(),
                generator: torch.Generator | None = None) -> torch.Tensor:
         """x_T by deterministic DDIM inversion without CFG, every noise prediction regularised (spec §3.2-3.3).
 
-        ``"symmetric"``: the shared inversion's grid, the exact inverse of the sampler's; ``"p2pzero"``: the official
-        code's grid (N - 2 UNet calls, the clean latent treated as level t = k, ending one training step below the
-        sampler's first level), for parity runs.
+        ``"p2pzero"`` (default): the official code's grid (N - 2 UNet calls at t = k+1 .. (N-2)k+1, each moving from
+        alpha-bar[t - 1] to alpha-bar[t - 1 + k], so the clean latent is treated as level k and x_T ends one training
+        step below the sampler's first level); ``"symmetric"``: the shared inversion's grid (diffusers'
+        ``DDIMInverseScheduler``), the exact inverse of the sampler's.
         """
         unet_eps = noise_predictor(self.unet, cond)
 

@@ -161,14 +161,14 @@ def interpolate(encoder, generator, source: torch.Tensor, target: torch.Tensor, 
 
 def save_model(folder: str | os.PathLike, encoder: RegionEncoder, generator: RegionGenerator, info: dict | None = None) -> Path:
     """An inference model folder: ``encoder/``, ``generator/`` (safetensors + config.json) and ``config.json``."""
+    from ..io import atomic_folder
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    encoder.save_pretrained(folder / "encoder", safe_serialization=True)
-    generator.save_pretrained(folder / "generator", safe_serialization=True)
     meta = {"_class_name": "RegionStylizer", "image_size": encoder.config.image_size, **(info or {})}
-    tmp = folder / (MODEL_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, folder / MODEL_CONFIG)
+    with atomic_folder(folder) as tmp:  # complete or absent, never half-written
+        encoder.save_pretrained(tmp / "encoder", safe_serialization=True)
+        generator.save_pretrained(tmp / "generator", safe_serialization=True)
+        (tmp / MODEL_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder
 
 
@@ -197,11 +197,19 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch
     try:
         encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}", torch_dtype=dtype)
         generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}", torch_dtype=dtype)
-    except (OSError, ValueError, EnvironmentError) as e:
-        raise ModelNotFoundError(f"could not load the region model in {folder}: {e}") from None
+        if any(t.is_meta for net in (encoder, generator) for t in net.state_dict().values()):
+            raise ValueError("weights missing from the files")  # diffusers leaves absent tensors unloaded (meta)
+    except Exception:  # garbage config.json, swapped or truncated weights: all mean a damaged folder
+        raise ModelNotFoundError(f"the region model in {folder} is damaged (its encoder/generator configs or weights "
+                                 "cannot be loaded)") from None
     info = {}
     if (folder / MODEL_CONFIG).exists():
-        info = json.loads((folder / MODEL_CONFIG).read_text())
+        try:
+            info = json.loads((folder / MODEL_CONFIG).read_text())
+            if not isinstance(info, dict):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            raise ModelNotFoundError(f"{folder / MODEL_CONFIG} is damaged (not a region model config)") from None
     encoder.to(device).eval().requires_grad_(False)
     generator.to(device).eval().requires_grad_(False)
     return encoder, generator, info
@@ -250,12 +258,16 @@ class RegionStylizer:
     # ---- image preparation
     def working_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
         """(w, h) with the shorter side ``size`` (default: training resolution), multiples of 2^d."""
-        size = size or self.image_size
+        from ..validation import check_aspect, check_working_size, optional_side
+
+        size = optional_side.check(size, "size") or self.image_size
+        check_aspect(width, height, "the content image")  # before scaling the short side up makes the long one explode
         f = self.encoder.downsample_factor
         min_side = 8 * f  # the style head's two valid stride-2 convs need an e map of at least 7×7
         scale = size / min(width, height)
         w = max(min_side, round(width * scale / f) * f)
         h = max(min_side, round(height * scale / f) * f)
+        check_working_size(w, h, "the content image's working size")
         return w, h
 
     def _to_tensor(self, image) -> torch.Tensor:
@@ -303,7 +315,11 @@ class RegionStylizer:
         """Stylize ``content``. ``style``/``mask`` may be single items or equal-length lists of (style, mask)
         pairs applied in order; no mask means global transfer. Returns an RGB PIL image at working size."""
         from ..io import tensor_to_pil
+        from ..validation import Number, fraction
 
+        fraction.check(strength, "strength")
+        Number(float, 0, 1000).check(feather, "feather")
+        Number(int, 0, optional=True).check(paste_margin, "paste_margin")
         styles = list(style) if isinstance(style, (list, tuple)) else ([style] if style is not None else [])
         if not styles:
             raise InputError("at least one style image is needed")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import signal
@@ -30,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, OutputError
+from ..io import atomic_folder, atomic_write
+from ..runtime import stop_if_diverged, stop_if_weights_diverged
 from .inference import compose_features, save_model
 from .losses import (
     code_consistency_loss,
@@ -188,16 +189,29 @@ def center_batch(images: list[torch.Tensor], n: int, resolution: int) -> torch.T
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def _load_safetensors(module: torch.nn.Module, folder: Path) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
-    module.load_state_dict(state, strict=True)
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
+        module.load_state_dict(state, strict=True)
+    except Exception:
+        raise InputError(f"{folder / WEIGHTS_NAME} is damaged or does not fit this model") from None
+
+
+def _read_state(folder: Path) -> dict:
+    """A checkpoint's state.json, refusing a damaged one by name."""
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise ValueError
+        return state
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise InputError(f"{folder / 'state.json'} is damaged (not a training state file)") from None
 
 
 def ema_decay(batch_images: int, half_life_images: float) -> float:
@@ -229,6 +243,21 @@ def step_seed(seed: int, step: int, process: int = 0) -> int:
     return (seed * 1_000_003 + step * 7919 + process * 104_729) % (2**62)
 
 
+def _check_numbers(cfg: TrainConfig) -> None:
+    """The CLI's checks for the Python API: a NaN weight or a negative interval is refused by name, before any work."""
+    from .. import validation as V
+
+    for name in ("w_rec", "w_gan", "w_cooccur", "w_cc", "cc_style_weight", "w_ca", "r1_gamma", "r1_gamma_cooccur"):
+        V.non_negative.check(getattr(cfg, name), name)
+    for name in ("sample_every", "checkpoint_every", "keep_checkpoints", "reg_offset", "reg_start"):
+        V.non_negative_int.check(getattr(cfg, name), name)
+    V.check_all(iterations=(cfg.iterations, V.count), lr=(cfg.lr, V.positive), r1_interval=(cfg.r1_interval, V.count),
+                reg_interval=(cfg.reg_interval, V.count), mask_trivial_probability=(cfg.mask_trivial_probability, V.fraction),
+                mask_coverage=(cfg.mask_coverage, V.fraction_pair), style_gain=(cfg.style_gain, V.optional_positive),
+                ema_half_life_images=(cfg.ema_half_life_images, V.optional_non_negative),
+                batch_size=(cfg.batch_size, V.optional_count), load_size=(cfg.load_size, V.optional_side))
+
+
 # --------------------------------------------------------------------------------------------- trainer
 
 
@@ -239,10 +268,11 @@ class RegionTrainer:
         from accelerate import Accelerator
 
         self.config = cfg = config
+        _check_numbers(cfg)
         self.out = Path(cfg.output)
         self.resume_from = self._find_resume(cfg.resume) if cfg.resume else None
         if self.resume_from is not None:
-            saved = json.loads((self.resume_from / "state.json").read_text())["config"]
+            saved = _read_state(self.resume_from)["config"]
             for key in ("preset", "demod", "normalize_codes", "style_gain", "content_channels"):
                 if saved.get(key) != getattr(cfg, key):
                     raise InputError(f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, not {getattr(cfg, key)!r}")
@@ -470,29 +500,25 @@ class RegionTrainer:
     def save_checkpoint(self) -> Path | None:
         if not self.is_main:
             return None
+        stop_if_weights_diverged({f"{key}.{k}": v for key, net in self._all_networks().items()
+                                  for k, v in net.state_dict().items()}, self.step)
         folder = self.out / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"step_{self.step:07d}"
         final = folder / name
-        tmp = folder / f".tmp_{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for key, net in self._all_networks().items():
-            net.save_pretrained(tmp / key, safe_serialization=True)
-        torch.save({"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}, tmp / "optimizers.pt")
-        state = {
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "config": asdict(self.config),
-            "preset": self.preset["name"],
-            # every draw is re-seeded per step, but the RNG states are kept for inspection and completeness
-            "torch_rng_state": torch.get_rng_state().tolist(),
-            "cuda_rng_state": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-        }
-        (tmp / "state.json").write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_folder(final) as tmp:  # a failure (full disk) leaves neither a partial nor a temporary folder
+            for key, net in self._all_networks().items():
+                net.save_pretrained(tmp / key, safe_serialization=True)
+            torch.save({"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}, tmp / "optimizers.pt")
+            state = {
+                "step": self.step,
+                "train_seconds": self.train_seconds,
+                "config": asdict(self.config),
+                "preset": self.preset["name"],
+                # every draw is re-seeded per step, but the RNG states are kept for inspection and completeness
+                "torch_rng_state": torch.get_rng_state().tolist(),
+                "cuda_rng_state": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+            }
+            (tmp / "state.json").write_text(json.dumps(state))
         _atomic_write_text(folder / "latest", name + "\n")
         existing = sorted(p for p in folder.glob("step_*") if p.is_dir())
         for old in existing[: max(0, len(existing) - max(1, self.config.keep_checkpoints))]:
@@ -502,13 +528,19 @@ class RegionTrainer:
     def load_checkpoint(self, folder: Path) -> None:
         for key, net in self._all_networks().items():
             _load_safetensors(net, folder / key)
-        optimizers = torch.load(folder / "optimizers.pt", map_location=self.device, weights_only=True)
-        self.opt_g.load_state_dict(optimizers["opt_g"])
-        self.opt_d.load_state_dict(optimizers["opt_d"])
-        state = json.loads((folder / "state.json").read_text())
-        self.step = int(state["step"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        torch.set_rng_state(torch.tensor(state["torch_rng_state"], dtype=torch.uint8))
+        try:
+            optimizers = torch.load(folder / "optimizers.pt", map_location=self.device, weights_only=True)
+            self.opt_g.load_state_dict(optimizers["opt_g"])
+            self.opt_d.load_state_dict(optimizers["opt_d"])
+        except Exception:  # also a pickle that is not plain tensors: refused by weights_only, named here in one line
+            raise InputError(f"{folder / 'optimizers.pt'} is damaged or not a styleforge optimizer state") from None
+        state = _read_state(folder)
+        try:
+            self.step = int(state["step"])
+            self.train_seconds = float(state.get("train_seconds", 0.0))
+            torch.set_rng_state(torch.tensor(state["torch_rng_state"], dtype=torch.uint8))
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            raise InputError(f"{folder / 'state.json'} is damaged (not a training state file)") from None
 
     # ---- outputs
     @torch.no_grad()
@@ -585,8 +617,7 @@ class RegionTrainer:
                 logs = self.train_step(self.step)
                 self.train_seconds += time.perf_counter() - t0
                 self.step += 1
-                if not all(math.isfinite(v) for v in logs.values()):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}: {logs}")
+                stop_if_diverged(logs, self.step)
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()}, refresh=False)
                 if log_file and (self.step % cfg.log_every == 0 or self.step == cfg.iterations):
