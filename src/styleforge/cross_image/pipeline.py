@@ -115,6 +115,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         code's ``cross_attn_64_range`` (layers at the latent's own resolution on SD 1.x), ``swap_range_half`` its
         ``cross_attn_32_range``; ranges count post-skip iterations. ``guidance_rows="output"`` runs the plain pass
         for the OUT row only (exact, 4 instead of 6 UNet rows per guided step); ``"all"`` is the naive schedule.
+        ``attention_chunk_size`` computes the swapped maps in query chunks (default: the pipeline's memory savers,
+        see :meth:`enable_memory_savers`).
 
         Randomness as in the official code: the inversions' noise maps come from ``generator``, or from one seeded
         with ``seed`` on the GPU when the UNet is on one (the official code draws from the global CUDA generator)
