@@ -2,6 +2,7 @@
 # One entry point for a fresh Linux machine with Python >= 3.11:
 #   bash run.sh demo   set up .venv if needed, then run the main job (see README)
 #   bash run.sh test   set up .venv if needed (with test extras), then run the whole test suite
+#   bash run.sh serve  set up .venv if needed (with the web extra), then serve the web page (styleforge serve --help)
 # Without CUDA it installs a CPU build of PyTorch (a local wheel if pip can find one, else the PyTorch CPU index),
 # never the multi-gigabyte CUDA wheels.
 set -euo pipefail
@@ -60,8 +61,13 @@ case "${1:-}" in
     shift
     exec "$VENV/bin/python" -m pytest tests "$@"
     ;;
+  serve)
+    ensure_env web
+    shift
+    exec "$VENV/bin/styleforge" serve "$@"
+    ;;
   *)
-    echo "usage: bash run.sh demo|test [extra arguments]" >&2
+    echo "usage: bash run.sh demo|test|serve [extra arguments]" >&2
     exit 2
     ;;
 esac

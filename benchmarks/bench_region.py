@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from styleforge.region import inference as inf
@@ -318,6 +319,209 @@ def bench_bundled(heldout: Path, model: str | None, device) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------------------------- full resolution
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 sRGB (..., 3) -> CIE Lab (D65), float64."""
+    c = rgb.astype(np.float64) / 255
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = c @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    f = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(f > 0.008856, np.cbrt(f), 7.787 * f + 16 / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def lab_gaussian(rgb: np.ndarray, where: np.ndarray | None = None):
+    """Mean and covariance of the Lab colours of ``rgb`` (uint8 H×W×3) where ``where`` is true."""
+    lab = srgb_to_lab(rgb)
+    values = lab.reshape(-1, 3) if where is None else lab[where]
+    return values.mean(0), np.cov(values.T)
+
+
+def lab_distance(a, b) -> float:
+    """Wasserstein-2 distance between two Gaussians (Lab units): sqrt of the Fréchet distance."""
+    from styleforge.metrics.fid import frechet_distance
+
+    return math.sqrt(frechet_distance(*a, *b))
+
+
+def detail(rgb: np.ndarray, where: np.ndarray) -> float:
+    """Mean gradient magnitude of Lab lightness (forward differences) over ``where``."""
+    lightness = srgb_to_lab(rgb)[..., 0]
+    gx = np.zeros_like(lightness)
+    gy = np.zeros_like(lightness)
+    gx[:, :-1] = np.diff(lightness, axis=1)
+    gy[:-1] = np.diff(lightness, axis=0)
+    return float(np.hypot(gx, gy)[where].mean())
+
+
+def synthesise_large(photo: Path, size=(2048, 1536), grain: float = 3.0, seed: int = 0):
+    """A large test photo from a small one: centre crop to the aspect, Lanczos upscale, plus seeded Gaussian grain
+    (``grain`` levels) so that it has detail at full resolution, as a real photo of that size would."""
+    from PIL import Image
+
+    from styleforge.io import center_crop_resize, load_image
+
+    img = center_crop_resize(load_image(photo), size)  # bicubic; then a Lanczos pass would add nothing
+    arr = np.asarray(img, dtype=np.float64)
+    noise = np.random.default_rng(seed).normal(0, grain, arr.shape[:2] + (1,))  # luminance grain
+    return Image.fromarray(np.clip(arr + noise, 0, 255).round().astype(np.uint8))
+
+
+def fullres_cases(examples: Path, size=(2048, 1536)) -> list[dict]:
+    """Every ordered pair of the example photos at their native size (the landscape with its meadow mask, the others
+    with a seeded random mask of their size), and the synthesised large landscape with the meadow mask."""
+    from PIL import Image
+
+    photos = {p.stem: p for p in sorted(examples.glob("*.png")) if not p.stem.startswith("mask")}
+    cases = []
+    for i, (name, path) in enumerate(photos.items()):
+        with Image.open(path) as im:
+            w, h = im.size
+        if name == "content_landscape":
+            mask = examples / "mask_meadow.png"
+        else:
+            mask = random_masks(1, h, w, torch.Generator().manual_seed(100 + i))[0, 0].numpy()
+        for style_name, style in photos.items():
+            if style_name != name:
+                cases.append({"name": f"{name}<-{style_name}", "content": path, "style": style, "mask": mask})
+    large = synthesise_large(photos["content_landscape"], size)
+    cases.append({"name": f"landscape_{size[0]}x{size[1]}<-style_coffee", "content": large,
+                  "style": photos["style_coffee"], "mask": examples / "mask_meadow.png"})
+    return cases
+
+
+def evaluate_fullres(stylizer, case: dict, lift_kwargs: dict | None = None, with_baselines: bool = True) -> dict:
+    """Outside-mask max abs difference, detail ratio inside the mask and style move for one case (see bench_fullres)."""
+    from styleforge.io import load_image
+    from styleforge.region.masks import dilate_mask
+
+    content = np.asarray(load_image(case["content"]))
+    style = np.asarray(load_image(case["style"]))
+    height, width = content.shape[:2]
+    weight = stylizer.paste_weight(case["mask"], width, height)
+    inside = weight.numpy() > 0
+    core = (1 - dilate_mask(1 - weight[None, None], 2))[0, 0].numpy() > 0  # 2 px away from the paste edge
+    style_stats = lab_gaussian(style)
+    before = lab_distance(lab_gaussian(content, inside), style_stats)
+    base_detail = detail(content, core)
+    call = dict(style=case["style"], mask=case["mask"], **(lift_kwargs or {}))
+
+    def scores(out: np.ndarray) -> dict:
+        return {"outside_max_abs_diff": int(np.abs(out.astype(int) - content)[~inside].max(initial=0)),
+                "detail_ratio": round(detail(out, core) / base_detail, 3),
+                "style_move": round(before - lab_distance(lab_gaussian(out, inside), style_stats), 3)}
+
+    row = {"case": case["name"], "size": [width, height], "style_distance_before": round(before, 3),
+           "lift": scores(np.asarray(stylizer(case["content"], **call)))}
+    if with_baselines:
+        row["upsample"] = scores(np.asarray(stylizer(case["content"], **{**call, "detail": "none"})))
+        work = np.asarray(stylizer(case["content"], **{**call, "output_size": "working"}))
+        w, h = stylizer.working_size(width, height)
+        work_inside = stylizer.prepare_mask(case["mask"], w, h)[0, 0].cpu().numpy() > 0
+        work_content = np.asarray(stylizer.prepare_content(case["content"]))
+        work_before = lab_distance(lab_gaussian(work_content, work_inside), style_stats)
+        # how much the edit itself changes the region's lightness contrast (std of L*): a colour model that keeps
+        # the photo's detail scales it by about this much, so the detail ratio is also given relative to it
+        contrast = srgb_to_lab(work)[..., 0][work_inside].std() / srgb_to_lab(work_content)[..., 0][work_inside].std()
+        row["working"] = {"style_move": round(work_before - lab_distance(lab_gaussian(work, work_inside), style_stats), 3),
+                          "lightness_contrast_ratio": round(float(contrast), 3)}
+    return row
+
+
+def summarise(rows: list[dict], variant: str) -> dict:
+    """Means over cases, and the style move kept: sum of the variant's moves / sum of the working-size moves."""
+    work = sum(r["working"]["style_move"] for r in rows)
+    return {"outside_max_abs_diff": max(r[variant]["outside_max_abs_diff"] for r in rows),
+            "detail_ratio_mean": round(float(np.mean([r[variant]["detail_ratio"] for r in rows])), 3),
+            "detail_ratio_min": round(min(r[variant]["detail_ratio"] for r in rows), 3),
+            "detail_ratio_over_edit_contrast_mean": round(float(np.mean(
+                [r[variant]["detail_ratio"] / r["working"]["lightness_contrast_ratio"] for r in rows])), 3),
+            "style_move_kept": round(sum(r[variant]["style_move"] for r in rows) / work, 3) if work else None}
+
+
+def timed_edit(content, style, mask, model, save_to: str | None = None) -> dict:
+    """Seconds (wall and CPU) and peak resident memory of one whole edit in this process: load, edit, lift, paste;
+    the PNG write is timed apart. Run it in a fresh process for a clean peak."""
+    import resource
+
+    import threading
+
+    import psutil  # benchmark only
+
+    stylizer = inf.RegionStylizer.from_pretrained(model, device="cpu")
+    stylizer(content, style=style, mask=mask, output_size="working")  # warm-up: first-call costs of torch
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample():  # the edit's own peak: resident memory sampled every 5 ms above what the process held before
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = stylizer(content, style=style, mask=mask)
+    seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+    done.set()
+    sampler.join()
+    result = {"size": list(out.size), "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+              "edit_peak_memory_mb": round((max(peak[0], process.memory_info().rss) - baseline) / 2**20, 1),
+              "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if save_to:
+        from styleforge.io import save_image
+
+        t0 = time.perf_counter()
+        save_image(out, save_to, overwrite=True)
+        result["png_write_seconds"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def bench_fullres(examples: Path, model: str | None, grid: dict | None, big: tuple[int, int] | None) -> dict:
+    """The full-resolution lift (issue 14): see the module docstring."""
+    import os
+    import subprocess
+
+    stylizer = inf.RegionStylizer.from_pretrained(model, device="cpu")
+    cases = fullres_cases(examples)
+    rows = [evaluate_fullres(stylizer, case) for case in cases]
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    result = {"cases": rows, "lift": summarise(rows, "lift"), "upsample": summarise(rows, "upsample")}
+    if grid:
+        # the lift's settings on the native-size pairs (the model's output is computed again for each; it is cheap)
+        native = [(r, c) for r, c in zip(rows, cases) if isinstance(c["content"], Path)]
+        table = []
+        for radius in grid["radius"]:
+            for eps in grid["eps"]:
+                for sigma in grid["sigma"]:
+                    kw = dict(lift_radius=radius, lift_eps=eps, lift_sigma=sigma)
+                    lifted = [{**r, "lift": evaluate_fullres(stylizer, c, kw, with_baselines=False)["lift"]}
+                              for r, c in native]
+                    table.append({"radius": radius, "eps": eps, "sigma": sigma, **summarise(lifted, "lift")})
+                    print(json.dumps(table[-1]), flush=True)
+        result["grid"] = table
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, size in (("2048x1536", (2048, 1536)), *((("x".join(map(str, big)), big),) if big else ())):
+            path = Path(tmp) / f"large_{label}.png"
+            synthesise_large(examples / "content_landscape.png", size).save(path)
+            code = ("import json, sys; sys.path.insert(0, {bench!r}); import bench_region as b; "
+                    "print(json.dumps(b.timed_edit({c!r}, {s!r}, {m!r}, {model!r}, {o!r})))").format(
+                bench=str(Path(__file__).resolve().parent), c=str(path), s=str(examples / "style_coffee.png"),
+                m=str(examples / "mask_meadow.png"), model=model, o=str(Path(tmp) / "out.png"))
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+            if proc.returncode:
+                raise SystemExit(proc.stderr)
+            result[f"speed_{label}"] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(json.dumps({label: result[f"speed_{label}"]}), flush=True)
+    result["load_average"] = os.getloadavg()
+    print(json.dumps({k: v for k, v in result.items() if k not in ("cases", "grid")}, indent=2), flush=True)
+    return result
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     overrides = {}
     for pair in pairs:
@@ -349,7 +553,16 @@ def main(argv=None) -> int:
     b = sub.add_parser("bundled")
     b.add_argument("--heldout", default="data/region/heldout")
     b.add_argument("--model", default=None)
-    for p in (s, q, b):
+    f = sub.add_parser("fullres")
+    f.add_argument("--examples", default=str(Path(__file__).resolve().parent.parent / "examples"))
+    f.add_argument("--model", default=None)
+    f.add_argument("--grid", action="store_true", help="also score a grid of lift settings on the native-size pairs")
+    f.add_argument("--grid-radius", type=int, nargs="+", default=[1, 2, 4])
+    f.add_argument("--grid-eps", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1])
+    f.add_argument("--grid-sigma", type=float, nargs="+", default=[0, 1, 2, 3])
+    f.add_argument("--big", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="also time one edit of a W x H photo (e.g. 6000 4000, 24 megapixels)")
+    for p in (s, q, b, f):
         p.add_argument("--device", default="auto")
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -365,10 +578,13 @@ def main(argv=None) -> int:
     elif args.what == "synthetic":
         result = bench_synthetic(args.iterations, device, parse_overrides(args.set), args.model, args.save_model,
                                  args.fades, args.band_radius)
+    elif args.what == "fullres":
+        grid = {"radius": args.grid_radius, "eps": args.grid_eps, "sigma": args.grid_sigma} if args.grid else None
+        result = bench_fullres(Path(args.examples), args.model, grid, tuple(args.big) if args.big else None)
     else:
         result = bench_bundled(Path(args.heldout), args.model, device)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0
 
 

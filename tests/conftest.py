@@ -1,9 +1,11 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("STYLEFORGE_CACHE", tempfile.mkdtemp(prefix="styleforge-test-cache-"))  # never the user's cache
 torch.set_num_threads(1)  # tiny models gain nothing from more threads, and CI has 2 cores
 
 

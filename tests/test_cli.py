@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -75,3 +76,44 @@ def test_tiny_model_command(tmp_path):
     assert main(["tiny-model", str(tmp_path / "m"), "--family", "sdxl"]) == 0
     assert (tmp_path / "m" / "model_index.json").exists() and (tmp_path / "m" / "text_encoder_2").is_dir()
     assert main(["tiny-model", str(tmp_path / "m")]) == 2
+
+
+def test_tiny_model_osasis_set_loads_in_the_oneshot_commands(tmp_path):
+    from transformers import AutoTokenizer, CLIPModel
+
+    from styleforge.osasis.losses import CLIPEmbedder
+    from styleforge.osasis.models import ADMUNet, DiffAEAutoencoder, LatentDDIMNet, load_model
+
+    assert main(["tiny-model", str(tmp_path / "o"), "--family", "osasis"]) == 0
+    for cls, name in ((ADMUNet, "ddpm"), (DiffAEAutoencoder, "diffae"), (LatentDDIMNet, "latent")):
+        assert isinstance(load_model(cls, tmp_path / "o" / name), cls)
+    clip = CLIPEmbedder(CLIPModel.from_pretrained(tmp_path / "o" / "clip"), AutoTokenizer.from_pretrained(tmp_path / "o" / "clip"))
+    texts = clip.text(["face", "smiling face"])
+    assert texts.shape[0] == 2 and not torch.allclose(texts[0], texts[1])
+    assert clip(torch.zeros(1, 3, 32, 32)).shape == (1, texts.shape[1])
+
+
+def test_architecture_errors_name_the_model(tiny_sdxl_folder, capsys):
+    out = str(tiny_sdxl_folder)
+    assert main(["translate", "x.png", "--source", "cat", "--target", "dog", "--caption", "a cat", "--model", out,
+                 "-o", "never.png"]) == 2
+    err = capsys.readouterr().err
+    assert f"model {out!r} is SDXL-shaped" in err and "components" not in err
+
+
+def test_old_flag_spellings_still_work_with_a_deprecation_warning(tmp_path, capsys):
+    from styleforge.cli.main import _boolean_flags, modernise_argv
+
+    flags = _boolean_flags(build_parser())
+    argv, notes = modernise_argv(["region", "apply", "--strip", "false", "--quiet", "--contrast-clip=no",
+                                  "--kind", "edit-friendly", "--no-cache", "--save-strip"], flags)
+    assert argv == ["region", "apply", "--no-save-strip", "--no-progress", "--no-contrast-clip", "--kind",
+                    "edit_friendly", "--no-cache", "--save-strip"]
+    assert len(notes) == 4 and all("deprecated" in n for n in notes)
+    # every boolean is a --flag/--no-flag pair, and no two commands spell one concept differently
+    assert {"--cache", "--progress", "--save-strip", "--crop", "--overwrite"} <= flags
+    assert not flags & {"--quiet", "--strip", "--no-cache", "--no-progress"}
+    # end to end: the old spelling runs and says what to type instead, on one line
+    assert main(["tiny-model", str(tmp_path / "m"), "--overwrite", "false"]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == "styleforge: warning: `--overwrite false` is deprecated; use --no-overwrite"

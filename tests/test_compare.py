@@ -330,3 +330,14 @@ def test_compare_runs_cross_image_attention_on_a_tiny_model(tmp_path, pairs_fold
     meta = read_metadata(made[0])
     assert meta["method"] == "cross-image-attention" and meta["params"]["seed"] == 5
     assert meta["params"]["num_inference_steps"] == 10
+
+
+def test_without_a_size_every_method_works_at_its_native_size(tmp_path, pairs_folder, fake_methods, random_suite):
+    report = C.compare(pairs_folder, tmp_path / "out", methods=["test-copy"], metrics=["psnr"], suite=random_suite,
+                       progress=False)
+    assert {call[4] for call in fake_methods} == {None}  # no common size imposed
+    content, reference = report.inputs[0]
+    assert Image.open(content).size == (40, 48) and Image.open(reference).size == (36, 36)  # inputs not cropped
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert data["size"] is None and data["metric_size"] == 256 and data["metrics"]["test-copy"]["psnr"]["value"] == "inf"
+    assert "native working size" in (tmp_path / "out" / "report.md").read_text()

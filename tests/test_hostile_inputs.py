@@ -142,7 +142,7 @@ def test_os_errors_are_one_plain_line(pics, tmp_path, capsys, monkeypatch):
     from styleforge.errors import os_error_message
 
     (tmp_path / "file").write_text("x")
-    base = ["region", "apply", "--content", pics["a"], "--style", pics["b"], "--device", "cpu", "--strip", "false"]
+    base = ["region", "apply", "--content", pics["a"], "--style", pics["b"], "--device", "cpu", "--no-save-strip"]
     refused(base + ["-o", tmp_path / "file" / "out.png"], tmp_path, capsys, "parent", "is a file")
     # read-only file system (root ignores permissions, so the OS answer is simulated where the temporary file is made)
     import tempfile
@@ -183,7 +183,7 @@ def test_full_disk_leaves_nothing_behind(pics, tmp_path, capsys):
     with full_disk(20_000):
         line = refused(["tiny-model", tmp_path / "model"], tmp_path, capsys, str(tmp_path / "model"), "nothing was written")
         refused(["region", "apply", "--content", big, "--style", pics["b"], "-o", tmp_path / "out.png", "--size", "256",
-                 "--strip", "false", "--device", "cpu"], tmp_path, capsys, str(tmp_path / "out.png"), "nothing was written")
+                 "--no-save-strip", "--device", "cpu"], tmp_path, capsys, str(tmp_path / "out.png"), "nothing was written")
     assert "file size limit" in line and not (tmp_path / "model").exists()
     # a training run: its first checkpoint does not fit; no temporary file or folder stays
     run = tmp_path / "run"
@@ -202,7 +202,7 @@ def test_full_disk_leaves_nothing_behind(pics, tmp_path, capsys):
 
 def test_modes_follow_the_umask_and_overwrite_keeps_them(pics, tmp_path, capsys):
     out = tmp_path / "out.png"
-    argv = ["region", "apply", "--content", pics["a"], "--style", pics["b"], "-o", out, "--device", "cpu", "--strip", "false"]
+    argv = ["region", "apply", "--content", pics["a"], "--style", pics["b"], "-o", out, "--device", "cpu", "--no-save-strip"]
     old = os.umask(0o027)
     try:
         assert main([str(a) for a in argv]) == 0
@@ -275,7 +275,7 @@ def test_training_stops_on_a_non_finite_loss_and_keeps_the_last_checkpoint(pics,
     style = tmp_path / "style"
     refused(["pair", "train", "--content", pics["a"], "--styled", pics["b"], "--style", "ink", "-o", style,
              "--model", tiny_sd1_folder, "--iterations", "3", "--style-start", "1", "--content-rank", "2",
-             "--style-rank", "2", "--resolution", "32", "--checkpoint-every", "1", "--quiet"],
+             "--style-rank", "2", "--resolution", "32", "--checkpoint-every", "1", "--no-progress"],
             tmp_path / "in", capsys, "iteration 2", "not finite")
     assert [p.name for p in (style / "checkpoints").iterdir()] == ["iter-000001"]
     assert not (style / "style.safetensors").exists()
@@ -408,7 +408,7 @@ def test_every_refusal_is_a_single_line(pics, tmp_path, capsys, tiny_sd1_folder)
     trunc.write_bytes(data[: len(data) // 2])
     frames = [Image.new("RGB", (40, 40), (i * 60, 0, 0)) for i in range(3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
-    base = ["region", "apply", "--style", pics["b"], "--device", "cpu", "--strip", "false"]
+    base = ["region", "apply", "--style", pics["b"], "--device", "cpu", "--no-save-strip"]
     refused(base + ["--content", trunc, "-o", tmp_path / "o.png"], tmp_path, capsys, str(trunc))
     assert main([str(a) for a in base + ["--content", tmp_path / "anim.gif", "-o", tmp_path / "anim.png"]]) == 0
     assert capsys.readouterr().err == ""  # no "unclosed file" warning

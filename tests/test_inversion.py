@@ -142,7 +142,7 @@ def test_save_load_round_trip(tmp_path, scheduler):
 def test_cache_keys_on_content_and_settings(tmp_path, scheduler):
     cache = InversionCache(tmp_path)
     eps = lambda x, t: torch.zeros_like(x)  # noqa: E731
-    fields = dict(prompt="p", negative_prompt="", guidance_scale=1.0, seed=0, model_id="m", extra={})
+    fields = dict(prompt="p", negative_prompt="", guidance_scale=1.0, seed=0, model_id="m", weights="w", extra={})
     img_a, img_b = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
     inv = ddim_invert(eps, _x0(), scheduler, K, image_hash=inv_mod.image_hash(img_a), **fields)
     cache.put(inv)
@@ -152,3 +152,4 @@ def test_cache_keys_on_content_and_settings(tmp_path, scheduler):
     assert cache.get(image_hash=inv_mod.image_hash(img_a), **dict(key, seed=1)) is None  # other seed
     assert cache.get(image_hash=inv_mod.image_hash(img_a), **dict(key, prompt="q")) is None
     assert cache.get(image_hash=inv_mod.image_hash(img_a), **dict(key, num_inference_steps=20)) is None
+    assert cache.get(image_hash=inv_mod.image_hash(img_a), **dict(key, weights="other")) is None  # other weights

@@ -260,25 +260,29 @@ def test_stylizer_api(model_folder, images):
     from styleforge import RegionStylizer
 
     stylizer = RegionStylizer.from_pretrained(model_folder, device="cpu")
-    out = stylizer(images["content"], style=images["style"], mask=images["mask"])
-    assert out.mode == "RGB" and min(out.size) == 32  # the shorter side goes to the training size
+    out = stylizer(images["content"], style=images["style"], mask=images["mask"], output_size="working", paste_back=False)
+    assert out.mode == "RGB" and min(out.size) == 32  # the model works with the shorter side at the training size
     assert out.size == stylizer.working_size(48, 40)
-    again = stylizer(images["content"], style=images["style"], mask=images["mask"])
+    assert stylizer(images["content"], style=images["style"], mask=images["mask"]).size == (48, 40)  # default: native
+    working = dict(output_size="working", paste_back=False)
+    again = stylizer(images["content"], style=images["style"], mask=images["mask"], **working)
     assert np.array_equal(np.asarray(out), np.asarray(again))  # deterministic
     rec = stylizer.reconstruct(images["content"])
-    zero = stylizer(images["content"], style=images["style"], mask=images["mask"], strength=0.0)
+    zero = stylizer(images["content"], style=images["style"], mask=images["mask"], strength=0.0, **working)
     assert not np.array_equal(np.asarray(zero), np.asarray(out))
-    glob = stylizer(images["content"], style=images["style"])
+    glob = stylizer(images["content"], style=images["style"], **working)
     assert glob.size == rec.size
-    two = stylizer(images["content"], style=[images["style"], images["style2"]], mask=[images["mask"], images["mask"]])
+    two = stylizer(images["content"], style=[images["style"], images["style2"]], mask=[images["mask"], images["mask"]],
+                   **working)
     assert two.size == out.size
     with pytest.raises(InputError):
         stylizer(images["content"], style=[images["style"], images["style2"]], mask=[images["mask"]])
-    frames = stylizer.interpolate(images["content"], images["style2"], alphas=(0, 1), what="both")
+    frames = stylizer.interpolate(images["content"], images["style2"], alphas=(0, 1), what="both", output_size="working")
     assert len(frames) == 2 and frames[0].size == out.size
     resaved = stylizer.save_pretrained(model_folder.parent / "copy")
     copy = RegionStylizer.from_pretrained(resaved, device="cpu")
-    assert np.array_equal(np.asarray(copy(images["content"], style=images["style"], mask=images["mask"])), np.asarray(out))
+    assert np.array_equal(np.asarray(copy(images["content"], style=images["style"], mask=images["mask"], **working)),
+                          np.asarray(out))
 
 
 def test_cli_apply_writes_result_strip_and_metadata(model_folder, images, tmp_path):
@@ -290,9 +294,9 @@ def test_cli_apply_writes_result_strip_and_metadata(model_folder, images, tmp_pa
     meta = read_metadata(out)
     assert meta["method"] == "region" and meta["strength"] == 1.0
     assert main(argv) == 2  # exists, no --overwrite
-    assert main(argv + ["--overwrite", "--strength", "0.5", "--paste-back"]) == 0
+    assert main(argv + ["--overwrite", "--strength", "0.5", "--paste-back", "--output-size", "working"]) == 0
     assert read_metadata(out)["paste_margin"] == 4  # one feature cell of the test preset (2 downsamplings)
-    # with --paste-back the pixels outside the mask are exactly the (resized) content image's
+    # with paste-back the pixels outside the mask are exactly the (resized) content image's
     from styleforge.io import load_mask
 
     stylizer = inf.RegionStylizer.from_pretrained(model_folder, device="cpu")
@@ -331,4 +335,8 @@ def test_cli_interpolate(model_folder, images, tmp_path):
     grid = Image.open(out)
     stylizer = inf.RegionStylizer.from_pretrained(model_folder, device="cpu")
     w, h = stylizer.working_size(48, 40)
-    assert grid.size == (4 * w, 3 * h)  # rows: content, style, both
+    assert grid.size == (4 * 48, 3 * 40)  # rows: content, style, both; frames at the source's own size
+    assert main(["region", "interpolate", "--model", str(model_folder), "--source", str(images["content"]), "--target",
+                 str(images["style2"]), "--steps", "2", "-o", str(out), "--device", "cpu", "--overwrite",
+                 "--output-size", "working"]) == 0
+    assert Image.open(out).size == (2 * w, 3 * h)

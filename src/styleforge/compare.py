@@ -1,9 +1,10 @@
 """Side-by-side comparison of stylization methods: run them on the same inputs, or collect their outputs, and
 write a report (an image grid, a metrics table, as Markdown and as a self-contained HTML page).
 
-One seed policy for every method: every input is centre-cropped and resized once to ``size`` x ``size`` and
-saved under ``OUT/inputs/``; every method gets those same files, the same ``size`` and the same seed (``seed``
-for every pair, or ``seed + pair index`` with ``seed_policy="per-pair"``).
+One seed policy for every method: every input is saved once under ``OUT/inputs/`` (as it is, or centre-cropped
+and resized to ``size`` x ``size`` when a ``size`` is given); every method gets those same files, the same
+``size`` (None: each method works at its own native size) and the same seed (``seed`` for every pair, or
+``seed + pair index`` with ``seed_policy="per-pair"``). Metrics compare centre crops at ``metric_size``.
 
 Methods are looked up in a registry: a name -> a function
 ``(content_path, reference_path, out_path, seed, size, options) -> None`` that writes one PNG to ``out_path``.
@@ -89,23 +90,43 @@ _REGION_CACHE: dict = {}
 
 
 def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, options: dict) -> None:
-    """Region-wise stylizer (TCP), global transfer (or the region under option ``mask``); deterministic."""
+    """Region-wise stylizer (TCP), global transfer (or the region under option ``mask``); deterministic.
+
+    The model works at its training size and its edit is lifted onto the input as given (``size`` x ``size`` when
+    compare was given one; guided
+    lift, as ``styleforge region apply``); options ``detail``, ``lift_radius``, ``lift_eps``, ``lift_sigma``,
+    ``lift_prior``, ``working_size`` (the model's working resolution) and ``paste_back`` change that."""
     from .io import save_image
-    from .region.inference import RegionStylizer
+    from .region.inference import RegionStylizer, lift_settings
+    from .region.lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA
 
     key = (str(options.get("model")), str(options.get("device", "auto")), str(options.get("dtype", "fp32")))
     if key not in _REGION_CACHE:
         _REGION_CACHE[key] = RegionStylizer.from_pretrained(options.get("model"), device=options.get("device", "auto"),
                                                             dtype=options.get("dtype", "fp32"))
     stylizer = _REGION_CACHE[key]
+    settings = lift_settings("native", options.get("detail", "guided"), _number(options.get("lift_radius", DEFAULT_RADIUS)),
+                             float(options.get("lift_eps", DEFAULT_EPS)), options.get("lift_prior", "global"),
+                             float(options.get("lift_sigma", DEFAULT_SIGMA)))
+    working = options.get("working_size")
+    paste_back = options.get("paste_back", True)
+    if isinstance(paste_back, str):
+        from .cli.common import str2bool
+
+        paste_back = str2bool(paste_back)
     image = stylizer(content, style=reference, mask=options.get("mask"), strength=float(options.get("strength", 1.0)),
-                     paste_back=bool(options.get("paste_back", False)), size=size)
+                     paste_back=bool(paste_back), size=int(working) if working else None,
+                     output_size="native", detail=settings["detail"], lift_radius=settings["radius"],
+                     lift_eps=settings["eps"], lift_prior=settings["prior"], lift_sigma=settings["sigma"])
     save_image(image, out, overwrite=True, inputs=[content, reference],
-               metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size})
+               metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size,
+                         "working_size": int(working) if working else stylizer.image_size, **settings})
 
 
-register_method("region", run_region, description="region-wise photorealistic stylizer (TCP); options: model, strength, mask",
-                options=("strength", "mask", "paste_back"))
+register_method("region", run_region, description="region-wise photorealistic stylizer (TCP), lifted to the input size; "
+                                                  "options: model, strength, mask, detail, lift_radius, lift_eps",
+                options=("strength", "mask", "paste_back", "detail", "lift_radius", "lift_eps", "lift_sigma", "lift_prior",
+                         "working_size"))
 
 _PIPELINE_CACHE: dict = {}
 
@@ -274,7 +295,8 @@ class Report:
     cells: dict[str, list[Cell]]
     inputs: list[tuple[Path, Path]]  # prepared (content, reference) per pair
     seeds: list[int]
-    size: int
+    size: int | None  # the common working size, or None: each method's native size
+    metric_size: int = 256  # metrics and thumbnails compare centre crops of this side
     metrics: dict = field(default_factory=dict)  # method -> metric -> {"value": mean or set value, "values": per pair}
     metric_notes: dict = field(default_factory=dict)  # metric -> why it is missing
     metric_mode: str = "pretrained"
@@ -289,7 +311,7 @@ def _write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def _prepare_inputs(pairs: Sequence[Pair], out_dir: Path, size: int, overwrite: bool) -> list[tuple[Path, Path]]:
+def _prepare_inputs(pairs: Sequence[Pair], out_dir: Path, size: int | None, overwrite: bool) -> list[tuple[Path, Path]]:
     from .io import center_crop_resize, load_image, save_image
 
     prepared = []
@@ -297,7 +319,8 @@ def _prepare_inputs(pairs: Sequence[Pair], out_dir: Path, size: int, overwrite: 
         paths = []
         for role, src in (("content", p.content), ("reference", p.reference)):
             dst = out_dir / "inputs" / f"{p.name}.{role}.png"
-            img = center_crop_resize(load_image(src, name=f"{role} image"), size)
+            img = load_image(src, name=f"{role} image")
+            img = center_crop_resize(img, size) if size else img
             save_image(img, dst, overwrite=overwrite, inputs=[p.content, p.reference], metadata={"source": str(src), "size": size})
             paths.append(dst)
         prepared.append((paths[0], paths[1]))
@@ -312,7 +335,7 @@ def compare(
     outputs: Mapping[str, str | os.PathLike] | None = None,
     seed: int = 0,
     seed_policy: str = "same",
-    size: int = 256,
+    size: int | None = None,
     options: Mapping[str, dict] | None = None,
     shared_options: Mapping | None = None,
     metrics: Sequence[str] | None = None,
@@ -334,7 +357,7 @@ def compare(
         raise InputError(f"seed policy must be one of {SEED_POLICIES}, got {seed_policy!r}")
     from .validation import Number, MAX_WORKING_SIDE
 
-    Number(int, 16, MAX_WORKING_SIDE, what="a size in pixels").check(size, "size")
+    Number(int, 16, MAX_WORKING_SIDE, optional=True, what="a size in pixels").check(size, "size")
     outputs = dict(outputs or {})
     methods = list(methods)
     if not methods and not outputs:
@@ -432,7 +455,7 @@ def _run_compare(pairs, out_dir, methods, outputs, matched, seed, seed_policy, s
     for name, files in matched.items():
         cells[name] = [Cell(Path(f)) for f in files]
 
-    report = Report(out_dir, pairs, methods + list(outputs), cells, inputs, seeds, size)
+    report = Report(out_dir, pairs, methods + list(outputs), cells, inputs, seeds, size, metric_size=size or 256)
     suite = suite if suite is not None else MetricSuite()
     report.metric_mode = suite.mode
     _compute_metrics(report, metrics, suite, progress)
@@ -458,13 +481,13 @@ def _compute_metrics(report: Report, metrics: Sequence[str], suite, progress: bo
             usable.append(m)
         else:
             report.metric_notes[m] = suite.why_unavailable(m)
-    contents = torch.cat([_load_tensor(c, report.size) for c, _ in report.inputs])
-    references = torch.cat([_load_tensor(r, report.size) for _, r in report.inputs])
+    contents = torch.cat([_load_tensor(c, report.metric_size) for c, _ in report.inputs])
+    references = torch.cat([_load_tensor(r, report.metric_size) for _, r in report.inputs])
     for column in tqdm(report.columns, desc="metrics", disable=not progress or not usable):
         ok = [i for i, cell in enumerate(report.cells[column]) if cell.path is not None]
         results: dict = {}
         if ok:
-            outs = torch.cat([_load_tensor(report.cells[column][i].path, report.size) for i in ok])
+            outs = torch.cat([_load_tensor(report.cells[column][i].path, report.metric_size) for i in ok])
             idx = torch.tensor(ok)
             for m in usable:
                 spec = METRICS[m]
@@ -512,7 +535,7 @@ def make_grid(report: Report, cell: int | None = None):
     """Rows: pairs; columns: content, reference, then one per method; a header row with the column names."""
     from PIL import Image, ImageDraw
 
-    cell = cell or min(report.size, 256)
+    cell = cell or min(report.metric_size, 256)
     header, gap = 18, GRID_GAP
     names = ["content", "reference"] + report.columns
     rows = len(report.pairs)
@@ -573,8 +596,9 @@ def _caveats(report: Report) -> list[str]:
 
 def _settings(report: Report) -> list[str]:
     policy = "same seed for every pair" if len(set(report.seeds)) == 1 else "seed + pair index"
-    return [f"- pairs: {len(report.pairs)}; working size {report.size}x{report.size} (centre crop + bicubic resize, "
-            "the same files for every method)",
+    size = (f"working size {report.size}x{report.size} (centre crop + bicubic resize, the same files for every method)"
+            if report.size else "each method at its native working size (the same input files for every method)")
+    return [f"- pairs: {len(report.pairs)}; {size}; metrics on {report.metric_size}x{report.metric_size} centre crops",
             f"- seeds: {report.seeds[0] if report.seeds else '-'} ({policy}; identical for every method)",
             f"- methods: {', '.join(report.columns)}",
             f"- metric networks: {report.metric_mode}"]
@@ -622,7 +646,7 @@ def _md_list_to_html(lines: list[str]) -> str:
 
 
 def render_html(report: Report, grid) -> str:
-    cell = min(report.size, 192)
+    cell = min(report.metric_size, 192)
     head = "".join(f"<th>{html.escape(n)}</th>" for n in ["pair", "content", "reference"] + report.columns)
     rows = []
     for i, p in enumerate(report.pairs):
@@ -664,7 +688,7 @@ def _write_report(report: Report, overwrite: bool) -> None:
     report.files["markdown"] = _write_text_atomic(out / "report.md", render_markdown(report))
     report.files["html"] = _write_text_atomic(out / "report.html", render_html(report, grid))
     data = {
-        "size": report.size, "seeds": report.seeds, "metric_networks": report.metric_mode,
+        "size": report.size, "metric_size": report.metric_size, "seeds": report.seeds, "metric_networks": report.metric_mode,
         "pairs": [{"name": p.name, "content": str(p.content), "reference": str(p.reference)} for p in report.pairs],
         "outputs": {c: [str(cell.path) if cell.path else None for cell in report.cells[c]] for c in report.columns},
         "errors": {c: [cell.error for cell in report.cells[c]] for c in report.columns},

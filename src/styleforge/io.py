@@ -159,6 +159,25 @@ def center_crop_resize(img: Image.Image, size: int | tuple[int, int], resample: 
     return img.resize((tw, th), resample) if img.size != (tw, th) else img
 
 
+def aspect_size(image_size: tuple[int, int], side: int, multiple: int, *, fit: str = "short") -> tuple[int, int]:
+    """(w, h) with the image's aspect ratio, its shorter (``fit="short"``) or longer (``"long"``) side scaled to
+    ``side``, the other rounded to the nearest multiple of ``multiple`` (down with ``"long"``, pix2pix-zeroCon
+    spec §8.21, so no side exceeds ``side``), at least one multiple."""
+    import math
+
+    w, h = image_size
+    scale = side / (min(w, h) if fit == "short" else max(w, h))
+    rounding = round if fit == "short" else math.floor
+    return tuple(max(multiple, int(rounding(x * scale / multiple)) * multiple) for x in (w, h))
+
+
+def crop_pixels(image_size: tuple[int, int], target: tuple[int, int]) -> float:
+    """How many pixels (at the target's scale) a centre crop to ``target``'s aspect ratio cuts away (0: none)."""
+    (w, h), (tw, th) = image_size, target
+    scale = max(tw / w, th / h)
+    return max(w * scale - tw, h * scale - th)
+
+
 def pil_to_tensor(img: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
     """RGB PIL image(s) to a contiguous float tensor (B, 3, H, W) in [-1, 1].
 

@@ -27,6 +27,63 @@ def is_offline(offline: bool | None = None) -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
+#: seconds a connection to the hub (or a download host) may take before it counts as "no network"
+PROBE_TIMEOUT = 3.0
+_probed: dict[tuple[str, int], bool] = {}
+
+
+def host_reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a TCP connection to ``url``'s host (or to the proxy that serves it) opens within ``timeout``.
+
+    Asked once per host and process. The hub client retries a refused or silent connection for minutes per file;
+    this answers in at most ``timeout`` seconds (name resolution included: it runs in a thread).
+    """
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and not urllib.request.proxy_bypass(parsed.hostname or ""):
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    host = parsed.hostname or ""
+    address = (host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    if address not in _probed:
+        answer = []
+
+        def probe():
+            try:
+                socket.create_connection(address, timeout=timeout).close()
+                answer.append(True)
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(timeout + 0.5)
+        _probed[address] = bool(answer)
+    return _probed[address]
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def local_files_only(offline: bool | None = None) -> bool:
+    """Nothing may be downloaded (offline mode) or nothing can be (the hub does not answer): use the cache only."""
+    return is_offline(offline) or not host_reachable(hub_endpoint())
+
+
+def unavailable_reason(e: Exception, offline: bool | None = None) -> str:
+    """Why a hub model could not be loaded, in a few words."""
+    if is_offline(offline):
+        return "offline mode and not in the local cache"
+    if not host_reachable(hub_endpoint()):
+        return f"no network ({hub_endpoint()} does not answer) and not in the local cache"
+    return _reason(e)
+
+
 def resolve_model_folder(model: str | os.PathLike, *, offline: bool | None = None, required_file: str = "model_index.json",
                          what: str = "diffusers model") -> Path:
     """A local folder holding ``model``: the folder itself, or the hub snapshot (downloaded or cached)."""
@@ -45,9 +102,9 @@ def resolve_model_folder(model: str | os.PathLike, *, offline: bool | None = Non
     try:
         from diffusers import DiffusionPipeline
 
-        folder = DiffusionPipeline.download(model, local_files_only=is_offline(offline))
+        folder = DiffusionPipeline.download(model, local_files_only=local_files_only(offline))
     except Exception as e:  # network, cache, authentication, missing repo: all mean "not available"
-        reason = "offline mode and not in the local cache" if is_offline(offline) else _reason(e)
+        reason = unavailable_reason(e, offline)
         raise ModelNotFoundError(
             f"model {model!r} is not available ({reason}); " + HOW_TO_PROVIDE.format(model=model)
         ) from None

@@ -41,6 +41,18 @@ METHODS: dict[str, MethodCommand] = {
     )
 }
 
+# Other commands described the same way, for the web page (training, the comparison); not methods of a batch.
+COMMANDS: dict[str, MethodCommand] = {
+    **METHODS,
+    **{m.name: m for m in (
+        MethodCommand("pair-train", ("pair", "train"), ("content", "styled"), output_is_folder=True,
+                      title="PairCustomization training"),
+        MethodCommand("oneshot-train", ("oneshot", "train"), ("style", "style_photo"), output_is_folder=True,
+                      title="OSASIS training"),
+        MethodCommand("compare", ("compare",), ("pairs",), output_is_folder=True, title="Compare"),
+    )},
+}
+
 # options every command shares that are not per-job settings (they choose the process, not the result)
 RUN_OPTIONS = ("output", "overwrite", "help")
 
@@ -71,12 +83,17 @@ def get_method(name: str) -> MethodCommand:
     return METHODS[name]
 
 
+def get_command(name: str) -> MethodCommand:
+    """A method (:data:`METHODS`) or one of the other :data:`COMMANDS`."""
+    return COMMANDS[name] if name in COMMANDS else get_method(name)
+
+
 def command_parser(method: str) -> argparse.ArgumentParser:
     """The argparse parser of ``method``'s main command, with errors raised as :class:`InputError`."""
     from .cli.main import build_parser
 
     parser = build_parser()
-    for word in get_method(method).words:
+    for word in get_command(method).words:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[word]
 
@@ -114,6 +131,8 @@ def method_options(method: str) -> list[Option]:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or action.help == argparse.SUPPRESS:
             continue
         flag = max(action.option_strings, key=len) if action.option_strings else action.dest
+        if isinstance(action, argparse.BooleanOptionalAction):  # --flag/--no-flag: the positive spelling
+            flag = action.option_strings[0]
         options.append(Option(
             dest=action.dest, flag=flag, kind=_kind(action), default=action.default, help=action.help or "",
             group=group_of.get(id(action), ""), required=action.required,
@@ -132,16 +151,14 @@ def _tokens(option: Option, value: Any) -> list[str]:
         return [_text(value)]
     if option.kind == "flag":
         return [option.flag] if _truthy(value, option) else []
+    if option.kind == "bool":
+        return [option.flag if _truthy(value, option) else "--no-" + option.flag[2:]]
     if option.repeatable:
         values = value if isinstance(value, (list, tuple)) else [value]
         return [t for v in values for t in (option.flag, _text(v))]
     if option.nargs in ("+", "*") or isinstance(option.nargs, int):
         values = value if isinstance(value, (list, tuple)) else str(value).split()
         return [option.flag, *(_text(v) for v in values)]
-    if option.kind == "bool":
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        return [option.flag, str(value)]
     return [f"{option.flag}={_text(value)}"]  # '=' keeps values that start with '-' (negative numbers)
 
 
@@ -170,15 +187,31 @@ def to_argv(method: str, values: Mapping[str, Any]) -> list[str]:
     for key, value in values.items():
         dest = key if key in options else aliases.get(key.lstrip("-").replace("-", "_"))
         if dest is None:
-            raise InputError(f"unknown option {key!r} for {method}; see `styleforge {' '.join(get_method(method).words)} --help`")
+            dest, value = _renamed(key, value, options, aliases)
+        if dest is None:
+            raise InputError(f"unknown option {key!r} for {method}; see `styleforge {' '.join(get_command(method).words)} --help`")
         (positional if options[dest].positional else flagged).extend(_tokens(options[dest], value))
-    return [*get_method(method).words, *positional, *flagged]
+    return [*get_command(method).words, *positional, *flagged]
+
+
+def _renamed(key: str, value: Any, options: Mapping[str, Option], aliases: Mapping[str, str]) -> tuple[str | None, Any]:
+    """(dest, value) for an option under its old name (``strip``, ``quiet``: see ``cli.main.RENAMED_FLAGS``)."""
+    from .cli.main import RENAMED_FLAGS
+
+    new = RENAMED_FLAGS.get("--" + key.lstrip("-").replace("_", "-"))
+    if new is None:
+        return None, value
+    negated = new.startswith("--no-")
+    dest = aliases.get((new[5:] if negated else new[2:]).replace("-", "_"))
+    if dest is None or not negated:
+        return dest, value
+    return dest, not _truthy(value, options[dest])
 
 
 def make_args(method: str, values: Mapping[str, Any]) -> argparse.Namespace:
     """Parse ``values`` exactly as the command line would: same types, defaults, checks and messages."""
     argv = to_argv(method, values)
-    args = command_parser(method).parse_args(argv[len(get_method(method).words):])
+    args = command_parser(method).parse_args(argv[len(get_command(method).words):])
     args.debug = False
     args.command_line = command_line(method, values)
     return args

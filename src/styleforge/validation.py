@@ -161,6 +161,20 @@ fraction_pair = Pair(fraction)
 int_pair = Pair(non_negative_int)
 
 
+class SideOrPair:
+    """An optional working size: one side, or a (width, height) pair (a pipeline's ``size``), each side a ``side``."""
+
+    def check(self, value: Any, name: str) -> Any:
+        if isinstance(value, (tuple, list)):
+            if len(value) != 2:
+                raise InputError(f"{option_name(name)} must be one side or (width, height), got {value!r}")
+            return tuple(side.check(v, name) for v in value)
+        return optional_side.check(value, name)
+
+
+optional_size = SideOrPair()
+
+
 def check_all(**named: tuple[Any, "Number | Pair"]) -> None:
     """For Python entry points: ``check_all(strength=(strength, fraction), steps=(steps, V.steps))``."""
     for name, (value, rule) in named.items():

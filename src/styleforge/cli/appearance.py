@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
 from .. import validation as V
-from .common import add_common_args, add_memory_args, add_subcommand, str2bool
+from .common import add_common_args, add_memory_args, add_size_args, add_subcommand
 
 
 def register(sub) -> None:
@@ -29,14 +30,14 @@ def register(sub) -> None:
     g.add_argument("--swap-range-full", type=V.int_pair, default=(10, 90), help="START,END iterations of cross-image attention at the latent's resolution (code: cross_attn_64_range)")
     g.add_argument("--swap-range-half", type=V.int_pair, default=(10, 70), help="START,END at half that resolution (code: cross_attn_32_range)")
     g.add_argument("--contrast-strength", type=V.positive, default=1.67, help="attention contrast beta (1 = off)")
-    g.add_argument("--contrast-clip", type=str2bool, default=True, help="clip the contrasted map to [0, 1] without renormalising (official)")
+    g.add_argument("--contrast-clip", action=BooleanOptionalAction, default=True, help="clip the contrasted map to [0, 1] without renormalising (official)")
     g.add_argument("--swap-guidance-scale", type=V.finite, default=3.5, help="appearance guidance alpha (<= 1: off)")
     g.add_argument("--swap-guidance-schedule", choices=("linear_to_half", "constant"), default="linear_to_half", help="alpha decays to max(alpha/2, 1) (code) or stays constant (paper)")
     g.add_argument("--guidance-range", type=V.int_pair, default=None, help="START,END iterations (inclusive) with guidance (default: the full-resolution swap range)")
     g.add_argument("--adain", choices=("masked", "full", "off"), default="masked", help="AdaIN on the output latent")
     g.add_argument("--adain-range", type=V.int_pair, default=(20, 100), help="START,END iterations with AdaIN")
     g.add_argument("--mask-fallback", choices=("full", "none"), default="full", help="an empty mask: full AdaIN with a warning, or the official NaN")
-    g.add_argument("--structure-injection", type=str2bool, default=True, help="use the structure's keys/values on some early steps")
+    g.add_argument("--structure-injection", action=BooleanOptionalAction, default=True, help="use the structure's keys/values on some early steps")
     g.add_argument("--structure-injection-period", type=V.count, default=5, help="inject every N steps")
     g.add_argument("--structure-injection-limit", type=V.non_negative_int, default=40, help="only before this step")
     g.add_argument("--step-index-lag", type=int, choices=(0, 1), default=1, help="1 replicates the code's one-step window lag; 0 is the paper")
@@ -44,18 +45,18 @@ def register(sub) -> None:
     for name, default in (("b1", 1.2), ("b2", 1.4), ("s1", 0.9), ("s2", 0.2)):
         g.add_argument(f"--freeu-{name}", type=V.finite, default=default, help=f"FreeU {name}")
     g.add_argument("--inversion-guidance-scale", type=V.finite, default=3.5, help="CFG of the inversion")
-    g.add_argument("--exact-reconstruction", action="store_true", help="denoise with the inversion's CFG too (exact reconstructions, 2x cost)")
+    g.add_argument("--exact-reconstruction", action=BooleanOptionalAction, default=False, help="denoise with the inversion's CFG too (exact reconstructions, 2x cost)")
     g.add_argument("--num-segments", type=V.Number(int, 1, 64), default=5, help="k-means clusters of the self-segmentation")
     g.add_argument("--segmentation-seed", type=int, default=1, help="seed of the k-means RandomState (scikit-learn KMeans; the official code: 1)")
-    g.add_argument("--size", type=V.side, default=None, help="working resolution (default: the model's, 512 for SD 1.5)")
+    add_size_args(g)
     g = p.add_argument_group("speed and memory")
     g.add_argument("--guidance-rows", choices=("output", "all"), default="output", help="run the plain guidance pass for the output row only (exact) or for all rows (official)")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+    g.add_argument("--cache", action=BooleanOptionalAction, default=True, help="read and write the inversion cache (--no-cache: neither)")
     g = p.add_argument_group("outputs")
     g.add_argument("--num-seeds", type=V.Number(int, 1, 1000), default=1, help="one result per seed: SEED, SEED+1, ... (written as STEM.seedN.png)")
-    g.add_argument("--save-strip", action="store_true", help="also write STEM.strip.png: structure | appearance | transfer")
-    g.add_argument("--save-reconstructions", action="store_true", help="also write STEM.structure_recon.png and STEM.appearance_recon.png")
-    g.add_argument("--save-masks", action="store_true", help="also write the AdaIN masks as STEM.structure_mask.png / STEM.appearance_mask.png")
+    g.add_argument("--save-strip", action=BooleanOptionalAction, default=False, help="also write STEM.strip.png: structure | appearance | transfer")
+    g.add_argument("--save-reconstructions", action=BooleanOptionalAction, default=False, help="also write STEM.structure_recon.png and STEM.appearance_recon.png")
+    g.add_argument("--save-masks", action=BooleanOptionalAction, default=False, help="also write the AdaIN masks as STEM.structure_mask.png / STEM.appearance_mask.png")
     add_memory_args(p, attention_chunking=True)
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, seed_default=42)
     p.set_defaults(func=run)
@@ -89,7 +90,7 @@ def run(args) -> int:
     from ..diffusion.freeu import FreeUConfig
     from ..diffusion.inversion import Inversion, InversionCache
     from ..io import center_crop_resize, load_image, make_strip, save_image
-    from .common import load_pipeline
+    from .common import load_pipeline, size_from_args
 
     seeds = [args.seed + k for k in range(max(1, args.num_seeds))]
     planned = {s: _outputs(args, s) for s in seeds}  # refuse existing outputs before any work
@@ -105,10 +106,10 @@ def run(args) -> int:
         structure_injection_period=args.structure_injection_period, structure_injection_limit=args.structure_injection_limit,
         step_index_lag=args.step_index_lag, freeu=args.freeu,
         inversion_guidance_scale=args.inversion_guidance_scale, exact_reconstruction=args.exact_reconstruction,
-        num_segments=args.num_segments, segmentation_seed=args.segmentation_seed, size=args.size,
+        num_segments=args.num_segments, segmentation_seed=args.segmentation_seed, size=size_from_args(args, pipe),
         guidance_rows=args.guidance_rows, attention_chunk_size=args.attention_chunk_size)
     freeu_config = FreeUConfig(b1=args.freeu_b1, b2=args.freeu_b2, s1=args.freeu_s1, s2=args.freeu_s2)
-    cache = None if args.no_cache else InversionCache()
+    cache = None if not args.cache else InversionCache()
     for seed in seeds:
         out = pipe(args.structure, args.appearance, freeu_config=freeu_config, structure_mask=args.structure_mask,
                    appearance_mask=args.appearance_mask, structure_inversion=load_inv(args.structure_inversion),
@@ -127,6 +128,8 @@ def run(args) -> int:
             write(out.appearance_reconstruction, "appearance_recon")
         if args.save_masks and out.masks:
             for role in ("structure", "appearance"):
+                if out.masks.get(role) is None:  # a run too short to reach the self-segmentation has no mask
+                    continue
                 m = out.masks[role][0, 0].float().cpu().numpy()
                 write(Image.fromarray((m * 255).astype("uint8")).resize(out.transfer.size, Image.NEAREST), f"{role}_mask")
     return 0

@@ -7,6 +7,7 @@ diffusers are imported inside ``run``.
 from __future__ import annotations
 
 import argparse
+from argparse import BooleanOptionalAction
 from typing import Any, Callable
 
 from .. import validation as V
@@ -44,8 +45,25 @@ def add_common_args(
     g.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision")
     g.add_argument("--seed", type=int, default=seed_default, help="random seed (results are reproducible per seed)")
     g.add_argument("-o", "--output", required=output_required, help=output_help)
-    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    g.add_argument("--offline", action="store_true", help="never contact the hub; use local files only (also HF_HUB_OFFLINE=1)")
+    g.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace existing output files")
+    g.add_argument("--offline", action=BooleanOptionalAction, default=False, help="never contact the hub; use local files only (also HF_HUB_OFFLINE=1)")
+
+
+def add_size_args(group, side: str = "shorter") -> None:
+    """--size and --crop: the aspect ratio is kept unless --crop asks for the centre square."""
+    group.add_argument("--size", type=V.side, default=None,
+                       help=f"{side} side of the working size, aspect ratio kept (default: the model's resolution, 512 "
+                            "for SD 1.5); with --crop the square's side")
+    group.add_argument("--crop", action=BooleanOptionalAction, default=False,
+                       help="centre-crop to a square (the old behaviour) instead of keeping the aspect ratio")
+
+
+def size_from_args(args, pipe):
+    """The ``size`` a pipeline takes for --size/--crop: a (side, side) square with --crop, else --size."""
+    if not args.crop:
+        return args.size
+    side = args.size or pipe.default_resolution
+    return (side, side)
 
 
 def add_subcommand(subparsers, name: str, *, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -72,10 +90,11 @@ def add_memory_args(parser: argparse.ArgumentParser, *, offload: tuple[str, ...]
     """The memory-saver flags, one family for every command; a command leaves out what does not apply to it.
 
     ``checkpointing`` is the help text of ``--gradient-checkpointing`` (None: the command has no backward pass).
-    Every flag defaults to None ("not given") so that ``--low-memory`` can fill in the rest.
+    Every flag defaults to None ("not given") so that ``--low-memory`` can fill in the rest; ``--no-X`` turns a saver
+    off even under ``--low-memory``.
     """
     g = parser.add_argument_group("memory savers (exact unless noted; --low-memory: the set that fits an 8 GB GPU)")
-    g.add_argument("--low-memory", action="store_true",
+    g.add_argument("--low-memory", action=BooleanOptionalAction, default=False,
                    help="turn on every saver below that this command has (model offload, VAE slicing and tiling, "
                         "1024-row attention chunks, gradient checkpointing); explicit flags still win")
     if offload:
@@ -83,9 +102,9 @@ def add_memory_args(parser: argparse.ArgumentParser, *, offload: tuple[str, ...]
                        help="keep weights on the CPU: one whole model on the GPU at a time (model), or one layer "
                             "(sequential: least memory, slowest). Default: none")
     if vae:
-        g.add_argument("--vae-slicing", action="store_const", const=True, default=None,
+        g.add_argument("--vae-slicing", action=BooleanOptionalAction, default=None,
                        help="encode and decode one image of a batch at a time")
-        g.add_argument("--vae-tiling", action="store_const", const=True, default=None,
+        g.add_argument("--vae-tiling", action=BooleanOptionalAction, default=None,
                        help="encode and decode in overlapping tiles (approximate: tiles are blended; only for images "
                             "larger than a tile)")
         g.add_argument("--vae-tile-size", type=V.side, default=None, help="tile side in pixels (default: the VAE's, 512 for SD 1.5)")
@@ -93,7 +112,7 @@ def add_memory_args(parser: argparse.ArgumentParser, *, offload: tuple[str, ...]
         g.add_argument("--attention-chunk-size", type=V.count, default=None,
                        help="compute explicit attention maps this many query rows at a time (exact)")
     if checkpointing:
-        g.add_argument("--gradient-checkpointing", action="store_const", const=True, default=None, help=checkpointing)
+        g.add_argument("--gradient-checkpointing", action=BooleanOptionalAction, default=None, help=checkpointing)
 
 
 def memory_options(args) -> dict:
@@ -113,6 +132,19 @@ def memory_savers(args):
     from ..diffusion.memory import MemorySavers
 
     return MemorySavers.from_options(**memory_options(args))
+
+
+def dataclass_defaults(cls) -> argparse.Namespace:
+    """The field defaults of a settings dataclass, without running its validation (which may import torch)."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return argparse.Namespace(**values)
 
 
 def load_pipeline(cls, args):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from argparse import BooleanOptionalAction
 
 from .. import validation as V
 from .common import DEVICES, DTYPES, add_subcommand
@@ -49,7 +50,7 @@ def register(sub) -> None:
                         "pair index); repeatable")
     p.add_argument("--method-option", action="append", type=_key_value, default=[], metavar="METHOD.KEY=VALUE",
                    help="an option for one method, e.g. region.strength=0.5; repeatable")
-    p.add_argument("--size", type=V.Number(int, 16, V.MAX_WORKING_SIDE, what="a size in pixels"), default=256, help="working resolution: every input is centre-cropped and resized to SIZE x SIZE")
+    p.add_argument("--size", type=V.Number(int, 16, V.MAX_WORKING_SIDE, optional=True, what="a size in pixels"), default=None, help="one working resolution for all: every input is centre-cropped and resized to SIZE x SIZE (default: each method at its native size; metrics on 256x256 centre crops)")
     p.add_argument("--seed", type=int, default=0, help="seed given to every method")
     p.add_argument("--seed-policy", choices=("same", "per-pair"), default="same",
                    help="'same': SEED for every pair; 'per-pair': SEED + pair index (identical across methods either way)")
@@ -69,8 +70,8 @@ def register(sub) -> None:
     g.add_argument("--model", default=None, help="model of the methods (each method's default when omitted)")
     g.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
     g.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision")
-    g.add_argument("--offline", action="store_true", help="never contact the hub (also HF_HUB_OFFLINE=1)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing report and outputs")
+    g.add_argument("--offline", action=BooleanOptionalAction, default=False, help="never contact the hub (also HF_HUB_OFFLINE=1)")
+    g.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace an existing report and outputs")
     p.set_defaults(func=run)
 
     m = add_subcommand(
@@ -91,7 +92,7 @@ def register(sub) -> None:
     m.add_argument("--weights", action="append", type=_key_value, default=[], metavar="KEY=SOURCE",
                    help="weights of a metric network (as for compare)")
     m.add_argument("--weights-dir", default=None, help="folder holding weight files under their standard names")
-    m.add_argument("--offline", action="store_true", help="never contact the hub")
+    m.add_argument("--offline", action=BooleanOptionalAction, default=False, help="never contact the hub")
     m.set_defaults(func=run_metrics)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
 from .. import validation as V
-from .common import add_common_args, add_memory_args, add_subcommand
+from .common import add_common_args, add_memory_args, add_size_args, add_subcommand
 
 
 def register(sub) -> None:
@@ -15,14 +16,14 @@ def register(sub) -> None:
     p.add_argument("image", help="input image")
     p.add_argument("--prompt", default="", help="prompt used for inversion")
     p.add_argument("--negative-prompt", default="", help="unconditional prompt for guidance")
-    p.add_argument("--kind", choices=("edit-friendly", "ddim"), default="edit-friendly", help="inversion kind")
+    p.add_argument("--kind", choices=("edit_friendly", "ddim"), default="edit_friendly", help="inversion kind")
     p.add_argument("--steps", "--num-inference-steps", dest="num_inference_steps", type=V.steps, default=50, help="grid size K")
     p.add_argument("--guidance-scale", type=V.finite, default=1.0, help="classifier-free guidance during inversion")
     p.add_argument("--eta", type=V.non_negative, default=1.0, help="edit-friendly DDPM eta")
-    p.add_argument("--keep-last-noise", action="store_true", help="keep the last noise map (exact reconstruction) instead of zeroing it as the official code does")
-    p.add_argument("--size", type=V.side, default=None, help="square working resolution (default: the model's)")
+    p.add_argument("--keep-last-noise", action=BooleanOptionalAction, default=False, help="keep the last noise map (exact reconstruction) instead of zeroing it as the official code does")
+    add_size_args(p)
     p.add_argument("--reconstruction", default=None, help="also write the reconstruction to this PNG")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+    p.add_argument("--cache", action=BooleanOptionalAction, default=True, help="read and write the inversion cache (--no-cache: neither)")
     add_memory_args(p)
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="inversion file (.safetensors)")
     p.set_defaults(func=run)
@@ -33,16 +34,16 @@ def run(args) -> int:
     from ..diffusion.pipeline import InversionPipeline
     from ..io import check_output_path, save_image
     from ..runtime import make_generator
-    from .common import load_pipeline
+    from .common import load_pipeline, size_from_args
 
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=[args.image], suffix=".safetensors")
     if args.reconstruction:
         check_output_path(args.reconstruction, overwrite=args.overwrite, inputs=[args.image])
     pipe = load_pipeline(InversionPipeline, args)
-    result = pipe(args.image, args.prompt, kind=args.kind.replace("-", "_"), num_inference_steps=args.num_inference_steps,
-                  guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, size=args.size,
+    result = pipe(args.image, args.prompt, kind=args.kind, num_inference_steps=args.num_inference_steps,
+                  guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, size=size_from_args(args, pipe),
                   generator=make_generator(args.seed), seed=args.seed, eta=args.eta,
-                  zero_last_noise=not args.keep_last_noise, cache=None if args.no_cache else InversionCache())
+                  zero_last_noise=not args.keep_last_noise, cache=None if not args.cache else InversionCache())
     result.inversion.save(out)
     print(f"wrote {out}")
     if args.reconstruction:

@@ -11,7 +11,8 @@ import traceback
 from .common import HelpFormatter, Parser
 
 # (module under styleforge.cli, its subcommands register themselves). Order = order in --help.
-SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "compare", "invert", "tiny_model"]
+SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "compare", "invert", "serve", "tiny_model",
+                                  "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,64 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(sub)
     return parser
+
+
+#: spellings replaced when the flags were harmonised (one spelling per concept, booleans as --flag/--no-flag)
+RENAMED_FLAGS = {"--quiet": "--no-progress", "--strip": "--save-strip"}
+RENAMED_VALUES = {("--kind", "edit-friendly"): "edit_friendly"}  # choices are spelt as in Python
+
+
+def _boolean_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every positive ``--flag`` of a BooleanOptionalAction, in all subcommands."""
+    flags = set()
+    for action in parser._actions:
+        if isinstance(action, argparse.BooleanOptionalAction):
+            flags.update(o for o in action.option_strings if not o.startswith("--no-"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _boolean_flags(sub)
+    return flags
+
+
+def modernise_argv(argv: list[str], boolean_flags: set[str]) -> tuple[list[str], list[str]]:
+    """(argv with old spellings replaced, one deprecation warning per replacement): renamed flags, ``--flag
+    true|false`` / ``--flag=false`` (the old form of the booleans) and renamed choice values."""
+    out, warnings, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not token.startswith("--"):
+            out.append(token)
+            continue
+        name, eq, inline = token.partition("=")
+        flag = RENAMED_FLAGS.get(name, name)
+        value = inline if eq else (argv[i] if i < len(argv) else None)
+        negated = flag.startswith("--no-") and "--" + flag[5:] in boolean_flags
+        base = "--" + flag[5:] if negated else flag
+        on = _bool_word(value)
+        if base in boolean_flags and on is not None:
+            new = base if on != negated else "--no-" + base[2:]
+            warnings.append(f"`{name} {value}` is deprecated; use {new}")
+            out.append(new)
+            i += 0 if eq else 1
+        elif not eq and (flag, value) in RENAMED_VALUES:
+            warnings.append(f"`{name} {value}` is deprecated; use {flag} {RENAMED_VALUES[flag, value]}")
+            out += [flag, RENAMED_VALUES[flag, value]]
+            i += 1
+        else:
+            if flag != name:
+                warnings.append(f"{name} is deprecated; use {flag}")
+            out.append(flag + eq + inline)
+    return out, warnings
+
+
+def _bool_word(value: str | None) -> bool | None:
+    from .common import str2bool
+
+    try:
+        return None if value is None else str2bool(value)
+    except argparse.ArgumentTypeError:
+        return None
 
 
 def _version() -> str:
@@ -63,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     # --debug may appear anywhere on the line, also after the subcommand
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    argv, deprecated = modernise_argv(argv, _boolean_flags(parser))
+    for message in deprecated:
+        print(f"styleforge: warning: {message}", file=sys.stderr)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help and --version exit 0; a refused flag returns 2 like every other refusal

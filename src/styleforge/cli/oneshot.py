@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
+from argparse import BooleanOptionalAction
 from .. import validation as V
-from .common import add_common_args, add_memory_args, add_subcommand, memory_options, memory_savers, str2bool
+from .common import add_common_args, add_memory_args, add_subcommand, dataclass_defaults, memory_options, memory_savers
 
 DEFAULT_DIFFAE = "checkpoints/ffhq256_autoenc/last.ckpt"
 DEFAULT_LATENT = "checkpoints/ffhq256_autoenc_latent/last.ckpt"
@@ -43,8 +43,8 @@ def _register_prepare(steps) -> None:
     g.add_argument("--l1-weight", type=V.non_negative, default=10.0, help="selection score: weight of mean |x - style|")
     g.add_argument("--lpips-weight", type=V.non_negative, default=1.0, help="selection score: weight of LPIPS-VGG (0 skips loading it)")
     g.add_argument("--batch-size", type=V.count, default=8, help="candidates per DDPM batch")
-    g.add_argument("--clamp", type=str2bool, default=True, help="clip x0 to [-1, 1] at every step")
-    g.add_argument("--save-candidates", action="store_true", help="also write every candidate to run/candidates/")
+    g.add_argument("--clamp", action=BooleanOptionalAction, default=True, help="clip x0 to [-1, 1] at every step")
+    g.add_argument("--save-candidates", action=BooleanOptionalAction, default=False, help="also write every candidate to run/candidates/")
     _lpips_args(p)
     add_common_args(p, model_default=DEFAULT_P2, model_help="P2-weighting FFHQ DDPM: ffhq_p2.pt or a saved ADMUNet folder",
                     output_help="run folder", seed_default=1)
@@ -134,9 +134,9 @@ def run_prepare(args) -> int:
 
 
 def _register_train(steps) -> None:
-    from ..osasis.train import TrainConfig
+    from ..osasis.config import TrainConfig
 
-    d = TrainConfig()
+    d = dataclass_defaults(TrainConfig)
     p = add_subcommand(steps, "train", help="stage 1: fine-tune the style denoiser and the SPN on one artwork")
     p.add_argument("--style", required=True, help="the artwork I_B^style")
     p.add_argument("--style-photo", default=None, help="its photo-like counterpart I_A^style (default: RUN/style_photo.png from prepare)")
@@ -158,8 +158,8 @@ def _register_train(steps) -> None:
                    help="decode from one stride below t0 (official, the released recipe) or from t0 itself (ours)")
     g.add_argument("--latent-steps", type=V.steps, default=d.latent_steps, help="latent DDIM steps for sampling content codes")
     g.add_argument("--content-steps", type=V.steps, default=d.content_steps, help="DDIM steps for generating content faces")
-    g.add_argument("--clamp", type=str2bool, default=d.clamp, help="clip x0 to [-1, 1]")
-    g.add_argument("--dropout", type=str2bool, default=d.dropout, help="keep eps_B's dropout active while training (official)")
+    g.add_argument("--clamp", action=BooleanOptionalAction, default=d.clamp, help="clip x0 to [-1, 1]")
+    g.add_argument("--dropout", action=BooleanOptionalAction, default=d.dropout, help="keep eps_B's dropout active while training (official)")
     g.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off", help="run eps_B/SPN forward passes under autocast (GPU speed); weights stay fp32")
     g = p.add_argument_group("SPN")
     g.add_argument("--spn", choices=("time", "plain", "none"), default=d.spn, help="time-conditioned SPN (official), time-free, or none")
@@ -167,7 +167,7 @@ def _register_train(steps) -> None:
                    help="the SPN's time input: the decode grid index (official) or the timestep (ours, grid-independent)")
     g.add_argument("--spn-weight", type=V.non_negative, default=d.spn_weight, help="lambda_SPN of the content branch")
     g.add_argument("--style-spn-weight", type=V.non_negative, default=d.style_spn_weight, help="SPN weight of the style branch (official 1.0; paper: lambda)")
-    g.add_argument("--zero-init-spn", action="store_true", help="zero the SPN's output conv (start from plain DiffAE)")
+    g.add_argument("--zero-init-spn", action=BooleanOptionalAction, default=False, help="zero the SPN's output conv (start from plain DiffAE)")
     g = p.add_argument_group("losses (Eq. 26)")
     g.add_argument("--cross-weight", type=V.non_negative, default=d.weights.cross, help="cross-domain directional loss")
     g.add_argument("--in-weight", type=V.non_negative, default=d.weights.in_domain, help="in-domain directional loss")
@@ -181,7 +181,7 @@ def _register_train(steps) -> None:
     g.add_argument("--keep-checkpoints", type=V.non_negative_int, default=d.keep_checkpoints, help="newest checkpoints kept (0: all)")
     g.add_argument("--resume", nargs="?", const=True, default=False, help="continue from the latest checkpoint in RUN/ckpt (or the given file)")
     g.add_argument("--stop-after", type=V.count, default=None, help="stop this call after N iterations (checkpointing first)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
     add_memory_args(p, offload=None, vae=False, checkpointing="recompute eps_B activations in backward (exact; less memory, more time)")
     add_common_args(p, model_default=DEFAULT_DIFFAE, model_help="DiffAE FFHQ-256 autoencoder: official last.ckpt or a saved folder",
                     output_help="run folder (from prepare)")
@@ -192,19 +192,20 @@ def _clip(name: str, offline, preprocess: str, need_tokenizer: bool):
     from transformers import CLIPModel
 
     from ..errors import ModelNotFoundError
-    from ..loading import _reason, is_offline
+    from ..loading import local_files_only, unavailable_reason
     from ..osasis.losses import CLIPEmbedder
 
+    local_only = local_files_only(offline)
     try:
-        model = CLIPModel.from_pretrained(name, local_files_only=is_offline(offline))
+        model = CLIPModel.from_pretrained(name, local_files_only=local_only)
     except Exception as e:
-        raise ModelNotFoundError(f"CLIP model {name!r} is not available ({_reason(e)}); download it with "
+        raise ModelNotFoundError(f"CLIP model {name!r} is not available ({unavailable_reason(e, offline)}); download it with "
                                  f"`hf download {name}` or pass --clip /local/folder") from None
     tokenizer = None
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=is_offline(offline))
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     except Exception:
         if need_tokenizer:
             raise ModelNotFoundError(f"CLIP model {name!r} has no tokenizer; text-driven manipulation needs one") from None
@@ -218,7 +219,7 @@ def run_train(args) -> int:
     from ..io import save_image, tensor_to_pil
     from ..osasis.losses import LossWeights
     from ..osasis.models import DiffAEAutoencoder, LatentDDIMNet
-    from ..osasis.train import TrainConfig
+    from ..osasis.config import TrainConfig
 
     run = Path(args.output)
     config = TrainConfig(
@@ -276,7 +277,7 @@ def _train(args, run, config, unet_a, latent, style, photo, device) -> None:
     if args.overwrite and not args.resume:
         for old in (run / "ckpt").glob("iter_*.pt"):
             old.unlink()
-    trainer.train(resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    trainer.train(resume=args.resume, progress=args.progress, stop_after=args.stop_after)
     if trainer.iteration >= config.iterations:
         print(f"wrote {run / 'model'} (iteration {trainer.iteration})")
     else:
@@ -299,9 +300,9 @@ def _register_apply(steps) -> None:
     g.add_argument("--plan", choices=("official", "consistent"), default=None, help="timestep plan (default: the run's training plan; official for --checkpoint)")
     g.add_argument("--spn-weight", type=V.non_negative, default=0.1, help="lambda_SPN (larger: more structure)")
     g.add_argument("--split-resolution", type=V.count, default=32, help="f_ch: levels at this resolution or finer take the style code")
-    g.add_argument("--swap-codes", action="store_true", help="opposite assignment (paper Fig. 8 ablation)")
-    g.add_argument("--style-middle", action="store_true", help="also give the middle block the style code (not official)")
-    g.add_argument("--clamp", type=str2bool, default=True, help="clip x0 to [-1, 1]")
+    g.add_argument("--swap-codes", action=BooleanOptionalAction, default=False, help="opposite assignment (paper Fig. 8 ablation)")
+    g.add_argument("--style-middle", action=BooleanOptionalAction, default=False, help="also give the middle block the style code (not official)")
+    g.add_argument("--clamp", action=BooleanOptionalAction, default=True, help="clip x0 to [-1, 1]")
     g.add_argument("--batch-size", type=V.count, default=64, help="photos per batch")
     g = p.add_argument_group("text-driven manipulation")
     g.add_argument("--edit-source", default=None, help="source text, e.g. 'face'")
@@ -391,7 +392,7 @@ def _register_align(steps) -> None:
     p.add_argument("--landmarks", required=True, help="text/JSON file with 68 (x, y) landmarks (dlib order)")
     p.add_argument("--size", type=V.side, default=256, help="output size")
     p.add_argument("-o", "--output", required=True, help="output PNG")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace an existing output")
     p.set_defaults(func=run_align)
 
 

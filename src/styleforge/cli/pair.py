@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from argparse import BooleanOptionalAction
 
 from .. import validation as V
-from .common import HelpFormatter, add_common_args, add_memory_args, add_subcommand, memory_savers, str2bool
+from .common import HelpFormatter, add_common_args, add_memory_args, add_subcommand, memory_savers
 
 
 def _int_list(value: str) -> tuple[int, ...]:
@@ -33,7 +34,7 @@ def register(sub) -> None:
 
 def _register_train(actions) -> None:
     from ..loading import DEFAULT_SD1_MODEL
-    from ..pair_customization.adapters import DEFAULT_BASIS_SEED, DEFAULT_TARGETS
+    from ..pair_customization.constants import DEFAULT_BASIS_SEED, DEFAULT_TARGETS
 
     p = actions.add_parser("train", help="learn a style from a content image and its stylized version",
                            description="Trains for --iterations (content adapter from 0, style adapter from "
@@ -53,7 +54,7 @@ def _register_train(actions) -> None:
     g.add_argument("--style-alpha", type=V.optional_positive, default=None, help="LoRA alpha (default: = rank, scale 1)")
     g.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated module-name suffixes to adapt")
     g.add_argument("--basis-seed", type=int, default=DEFAULT_BASIS_SEED, help="seed of the orthonormal bases")
-    g.add_argument("--orthogonal", type=str2bool, default=True, help="fixed orthonormal down-projections (false: trainable Gaussian A, the ablation)")
+    g.add_argument("--orthogonal", action=BooleanOptionalAction, default=True, help="fixed orthonormal down-projections (--no-orthogonal: trainable Gaussian A, the ablation)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--iterations", type=V.count, default=750, help="training iterations (content step each, style step from --style-start)")
     g.add_argument("--style-start", type=V.non_negative_int, default=250, help="first iteration with a style step")
@@ -68,10 +69,10 @@ def _register_train(actions) -> None:
     g.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto", help="frozen weights in half precision, LoRA in fp32 (auto: fp16 on CUDA)")
     g = p.add_argument_group("data")
     g.add_argument("--resolution", type=V.side, default=512, help="training crop size")
-    g.add_argument("--center-crop", type=str2bool, default=True, help="centre crop (false: random crop, as the official code)")
+    g.add_argument("--center-crop", action=BooleanOptionalAction, default=True, help="centre crop (--no-center-crop: random crop, as the official code)")
     g.add_argument("--flip-probability", type=V.fraction, default=0.0, help="joint horizontal flip probability (official: 1.0)")
-    g.add_argument("--parity-mode", action="store_true", help="the official data pipeline: random crop and always flip")
-    g.add_argument("--vae-sample", type=str2bool, default=True, help="encode to a posterior sample (official) or its mean")
+    g.add_argument("--parity-mode", action=BooleanOptionalAction, default=False, help="the official data pipeline: random crop and always flip")
+    g.add_argument("--vae-sample", action=BooleanOptionalAction, default=True, help="encode to a posterior sample (official) or its mean")
     g = p.add_argument_group("checkpoints and validation")
     g.add_argument("--checkpoint-every", type=V.non_negative_int, default=250, help="save a resumable checkpoint every N iterations (0: only at the end)")
     g.add_argument("--keep-checkpoints", type=V.non_negative_int, default=2, help="how many recent checkpoints to keep (0: all)")
@@ -79,8 +80,8 @@ def _register_train(actions) -> None:
     g.add_argument("--validate-at", type=_int_list, default=(), help="comma-separated iterations after which to write validation images")
     g.add_argument("--validation-steps", type=V.steps, default=25, help="DDIM steps of the validation images")
     g.add_argument("--validation-guidance-scale", type=V.finite, default=7.5, help="CFG of the validation images")
-    g.add_argument("--save-content", action="store_true", help="also export the content adapter (STYLE_DIR/content/, a style folder of its own)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--save-content", action=BooleanOptionalAction, default=False, help="also export the content adapter (STYLE_DIR/content/, a style folder of its own)")
+    g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
     add_memory_args(p, offload=("none", "model"), vae=False,
                     checkpointing="recompute UNet activations in backward (exact; less memory, slower)")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="style folder to write (style.safetensors, style.json, checkpoints/)")
@@ -88,7 +89,7 @@ def _register_train(actions) -> None:
 
 
 def _register_apply(actions) -> None:
-    from ..pair_customization.pipeline import SCHEDULERS
+    from ..pair_customization.constants import SCHEDULERS
 
     p = actions.add_parser("apply", help="generate (or restyle a photo) with one or more learned styles",
                            description="Style guidance (paper Eq. 10/11) on the unmodified base model. Several --style "
@@ -123,8 +124,8 @@ def _register_apply(actions) -> None:
     g.add_argument("--height", type=V.side, default=None, help="default: the model's resolution")
     g.add_argument("--width", type=V.side, default=None, help="default: the model's resolution")
     g = p.add_argument_group("outputs")
-    g.add_argument("--save-base", action="store_true", help="also write STEM.base.png: the unstyled image from the same seed")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache (--image)")
+    g.add_argument("--save-base", action=BooleanOptionalAction, default=False, help="also write STEM.base.png: the unstyled image from the same seed")
+    g.add_argument("--cache", action=BooleanOptionalAction, default=True, help="read and write the inversion cache (--image; --no-cache: neither)")
     add_memory_args(p)
     add_common_args(p, model_default=None, model_help="base model (default: the one the first style was trained on)")
     p.set_defaults(func=run_apply)
@@ -167,7 +168,7 @@ def run_train(args) -> int:
     pipe = load_pipeline(StyleforgePipeline, args)
     trainer = PairCustomizationTrainer(pipe, config)
     resume = args.resume if args.resume in (None, "latest") else Path(args.resume)
-    result = trainer.train(args.content, args.styled, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet)
+    result = trainer.train(args.content, args.styled, out, resume=resume, overwrite=args.overwrite, progress=args.progress)
     last = result.history[-1] if result.history else {}
     losses = ", ".join(f"{k.replace('_loss', '')} loss {v:.4f}" for k, v in last.items() if k.endswith("_loss"))
     print(f"wrote {out / 'style.safetensors'} ({trainer.iteration} iterations{'; ' + losses if losses else ''})")
@@ -223,7 +224,7 @@ def run_apply(args) -> int:
     negative = args.negative_prompt
     if args.image:
         result = pipe(image=args.image, negative_prompt=negative, return_base=args.save_base,
-                      inversion_cache=None if args.no_cache else InversionCache(), **params)
+                      inversion_cache=None if not args.cache else InversionCache(), **params)
     else:
         result = pipe(negative_prompt=negative or "", return_base=args.save_base, **params)
     meta = pipe.metadata("pair-customization", **{k: v for k, v in params.items() if k != "styles"},

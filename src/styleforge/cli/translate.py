@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from argparse import BooleanOptionalAction
 
 from .. import validation as V
-from .common import add_common_args, add_memory_args, add_subcommand, str2bool
+from .common import add_common_args, add_memory_args, add_size_args, add_subcommand
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -24,7 +25,7 @@ def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
                    help="sentences for word/prompt edits: the built-in template generator, paired prompt variations, or "
                         "the word/prompt alone; unset: template for words, single for prompts")
     g.add_argument("--num-sentences", type=V.Number(int, 1, 100_000), default=1000, help="sentences per side from the generator")
-    g.add_argument("--no-direction-cache", action="store_true", help="do not read or write cached mean embeddings")
+    g.add_argument("--direction-cache", action=BooleanOptionalAction, default=True, help="read and write cached mean embeddings")
 
 
 def register(sub) -> None:
@@ -50,7 +51,7 @@ def register(sub) -> None:
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the caption, pix2pix-zero's real-image mode)")
     g.add_argument("--guidance-mode", choices=("p2pzero_code", "paper"), default="p2pzero_code",
                    help="official code (both CFG copies guided, the negative copy stepped) or Algorithm 1 (one latent, conditional branch)")
-    g.add_argument("--update-latent-before-step", type=str2bool, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
+    g.add_argument("--update-latent-before-step", action=BooleanOptionalAction, default=True, help="paper mode: DDIM-step from the updated latent (Eq. 18) or the un-updated one (Alg. 1 line 16)")
     g.add_argument("--guided-steps", type=V.fraction_pair, default=(0.0, 1.0), metavar="START,END", help="fraction of the steps that get guidance")
     g.add_argument("--cut-layers", choices=("down_attn1", "up_attn1", "all_attn1", "down_resnet"), default="down_attn1",
                    help="PatchNCE feature layers: encoder self-attention, decoder self-attention (CDS), all, encoder ResNets")
@@ -64,15 +65,15 @@ def register(sub) -> None:
     g.add_argument("--reg-lambda-kl", type=V.non_negative, default=20.0, help="KL regulariser weight")
     g.add_argument("--reg-steps", type=V.non_negative_int, default=5, help="regulariser outer iterations per inversion step (0 = off)")
     g.add_argument("--reg-rolls", type=V.non_negative_int, default=5, help="autocorrelation steps per outer iteration")
-    g.add_argument("--vae-sample", action="store_true", help="sample the VAE posterior (seeded), as the official code does (unseeded), instead of taking its deterministic mode")
+    g.add_argument("--vae-sample", action=BooleanOptionalAction, default=False, help="sample the VAE posterior (seeded), as the official code does (unseeded), instead of taking its deterministic mode")
     g.add_argument("--save-inversion", metavar="FILE", help="also write the inverted latent x_T with its caption (.safetensors)")
     g.add_argument("--inversion", metavar="FILE", help="edit a saved inversion instead of inverting again (its caption is used unless --caption is given)")
     g = p.add_argument_group("runtime and outputs")
-    g.add_argument("--size", type=V.side, default=None, help="square working size (default: long side at the model's resolution, aspect kept)")
+    add_size_args(g, "longer")
     g.add_argument("--reference-mode", choices=("interleaved", "stored"), default="interleaved",
                    help="run each reference step just before its guided step (least memory) or the whole reference pass first")
-    g.add_argument("--offload-reference", action="store_true", help="with --reference-mode stored: keep the reference records on the CPU")
-    g.add_argument("--save-reconstruction", action="store_true", help="also write <stem>.recon.png (the reference trajectory)")
+    g.add_argument("--offload-reference", action=BooleanOptionalAction, default=False, help="with --reference-mode stored: keep the reference records on the CPU")
+    g.add_argument("--save-reconstruction", action=BooleanOptionalAction, default=False, help="also write <stem>.recon.png (the reference trajectory)")
     g.add_argument("--save-direction", metavar="FILE", help="also write the edit direction (.safetensors or .pt)")
     g.add_argument("--save-log", metavar="FILE", help="also write the per-step losses and gradient norms (JSON)")
     add_memory_args(p, checkpointing="recompute the UNet's activations in the guided steps' backward (exact; less memory, slower)")
@@ -98,7 +99,7 @@ def _edit_kwargs(args) -> dict:
                 target_prompt=args.target_prompt, source_embedding=args.source_embedding,
                 target_embedding=args.target_embedding, source_sentences=args.sentences_source,
                 target_sentences=args.sentences_target, sentence_source=args.sentence_source,
-                num_sentences=args.num_sentences, direction_cache=False if args.no_direction_cache else None)
+                num_sentences=args.num_sentences, direction_cache=None if args.direction_cache else False)
 
 
 def _direction_output(path: str, overwrite: bool, inputs=()):
@@ -123,7 +124,7 @@ def run(args) -> int:
     from ..io import check_output_path, save_image, sibling_path
     from ..pix2pix_zerocon import Pix2PixZeroConPipeline
     from ..runtime import make_generator
-    from .common import load_pipeline
+    from .common import load_pipeline, size_from_args
 
     inputs = _input_files(args)
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=inputs)
@@ -140,8 +141,8 @@ def run(args) -> int:
         if info.get("num_inference_steps") != args.steps:
             raise InputError(f"{args.inversion} was inverted with {info.get('num_inference_steps')} steps; pass --steps "
                              f"{info.get('num_inference_steps')}")
-        if args.size is None and info.get("size"):
-            args.size = info["size"][0] if info["size"][0] == info["size"][1] else None
+        if args.size is None and not args.crop and info.get("size"):
+            args.size = tuple(info["size"])  # (w, h) the inversion was made at
         caption = caption or info.get("caption")
     pipe = load_pipeline(Pix2PixZeroConPipeline, args)
     edit = _edit_kwargs(args)
@@ -154,7 +155,7 @@ def run(args) -> int:
                   cut_layers=args.cut_layers, cut_num_patches=args.cut_num_patches,
                   cut_patch_sizes=args.cut_patch_sizes, cut_tau=args.cut_tau, inversion_grid=args.inversion_grid,
                   reg_lambda_ac=args.reg_lambda_ac, reg_lambda_kl=args.reg_lambda_kl, reg_steps=args.reg_steps,
-                  reg_rolls=args.reg_rolls, vae_sample=args.vae_sample, size=args.size,
+                  reg_rolls=args.reg_rolls, vae_sample=args.vae_sample, size=size_from_args(args, pipe),
                   generator=make_generator(args.seed), seed=args.seed, reference_mode=args.reference_mode,
                   offload_reference=args.offload_reference, return_log=bool(args.save_log), **edit)
     method = "pix2pix-zero" if args.contrastive_weight == 0 else "pix2pix-zerocon"

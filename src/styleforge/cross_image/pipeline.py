@@ -134,7 +134,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
                     structure_injection_period=(structure_injection_period, V.count),
                     structure_injection_limit=(structure_injection_limit, V.non_negative_int),
                     inversion_guidance_scale=(inversion_guidance_scale, V.finite), num_segments=(num_segments, V.count),
-                    size=(size, V.optional_side), attention_chunk_size=(attention_chunk_size, V.optional_count))
+                    size=(size, V.optional_size), attention_chunk_size=(attention_chunk_size, V.optional_count))
         for name, value in vars(freeu_config).items():
             V.finite.check(value, f"freeu_config.{name}")
         prompt, object_noun = self._prompt_and_noun(domain, prompt, object_noun, adain, structure_mask, appearance_mask)
@@ -149,8 +149,12 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             raise InputError("guidance_rows must be 'output' or 'all'")
         device = self._execution_device
 
-        struct_px = self.preprocess(structure_image, size, name="structure image")
-        app_px = self.preprocess(appearance_image, size, name="appearance image")
+        # self-segmentation clusters square attention grids: without both masks the structure is cropped square
+        self_segments = adain == "masked" and (structure_mask is None or appearance_mask is None)
+        struct_px = self.preprocess(structure_image, size, name="structure image", crop=self_segments,
+                                    why=" (self-segmentation needs a square: give both masks, or adain full/off, to keep it)")
+        app_px = self.preprocess(appearance_image, (struct_px.shape[-1], struct_px.shape[-2]), name="appearance image",
+                                 why=" (the structure image's working size)")
         h, w = (s // self.vae_scale_factor for s in struct_px.shape[-2:])
         if app_px.shape != struct_px.shape:
             raise InputError("structure and appearance images must be processed at the same size")
@@ -166,6 +170,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
                 generator.manual_seed(seed if seed is not None else torch.seed())
             inv_settings = dict(prompt=prompt, negative_prompt="", guidance_scale=float(inversion_guidance_scale),
                                 model_id=self.model_id, family=self.family,
+                                weights=self.weights_fingerprint if inversion_cache is not None else "",
                                 extra={"freeu": freeu, "freeu_config": dataclasses.asdict(freeu_config),
                                        "dtype": str(self.unet.dtype), "zero_last_noise": True,
                                        "noise_draws": NOISE_DRAWS, "rng_device": generator.device.type})

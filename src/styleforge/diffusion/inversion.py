@@ -42,6 +42,7 @@ class Inversion:
     num_inference_steps: int = 0
     eta: float = 1.0
     model_id: str = ""
+    weights: str = ""  # fingerprint of the weights that produced it (styleforge.cache)
     image_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # method settings that changed the UNet (FreeU, ...)
     family: str = ""  # "sd1" / "sdxl" of the model that made it ("" in files of older versions)
@@ -186,45 +187,69 @@ def edit_friendly_invert(eps_fn: EpsFn, x0: torch.Tensor, scheduler, num_inferen
 
 
 class InversionCache:
-    """Inversions on disk, keyed by the image's content hash and every setting that shapes the result."""
+    """Inversions on disk, keyed by the image's content hash, the fingerprint of the model's weights (never its
+    name or folder) and every setting that shapes the result. At most ``max_bytes`` in all (default
+    ``$STYLEFORGE_CACHE_MAX_SIZE`` or 2 GiB): the least recently used entries are evicted first."""
 
     KEY_FIELDS = ("kind", "image_hash", "prompt", "negative_prompt", "guidance_scale", "seed", "num_inference_steps",
-                  "eta", "model_id", "extra")
+                  "eta", "model_id", "weights", "extra")
+    SUFFIX = ".safetensors"
 
-    def __init__(self, root: str | os.PathLike | None = None):
-        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "styleforge" / "inversions"
-        self.root = Path(root or os.environ.get("STYLEFORGE_CACHE", default))
+    def __init__(self, root: str | os.PathLike | None = None, *, max_bytes: int | str | None = None):
+        from ..cache import LRUFolder, cache_home, max_bytes_from_env, parse_size
+
+        self.root = Path(root) if root is not None else cache_home() / "inversions"
+        self.max_bytes = max_bytes_from_env() if max_bytes is None else parse_size(max_bytes)
+        self._folder = LRUFolder(self.root, self.SUFFIX, self.max_bytes)
 
     @classmethod
     def key(cls, **fields) -> str:
         missing = set(cls.KEY_FIELDS) - set(fields)
         if missing:
             raise ValueError(f"cache key needs {sorted(missing)}")
+        if not fields["weights"]:
+            raise ValueError("cache key needs the weights' fingerprint (pipeline.weights_fingerprint)")
         blob = json.dumps({k: fields[k] for k in cls.KEY_FIELDS}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
     def path(self, **fields) -> Path:
-        return self.root / f"{self.key(**fields)}.safetensors"
+        return self.root / f"{self.key(**fields)}{self.SUFFIX}"
 
     def get(self, **fields) -> Inversion | None:
+        if not fields.get("weights"):  # without the weights' fingerprint an entry could be another model's
+            return None
         p = self.path(**fields)
         try:
             if not p.is_file():
                 return None
-            return Inversion.load(p)
+            inversion = Inversion.load(p)
         except InputError:  # a damaged entry is recomputed, not trusted
             return None
         except OSError as e:
             self._unusable(e)
             return None
+        self._folder.touch(p)
+        return inversion
 
     def put(self, inversion: Inversion) -> Path | None:
-        """Store ``inversion``; a cache that cannot be written is an optimisation lost, not a failure (warned once)."""
+        """Store ``inversion`` and evict down to the cap; None when it was not kept (no weights fingerprint, the
+        cap). A cache that cannot be written is an optimisation lost, not a failure (warned once)."""
+        if not inversion.weights:
+            return None
+        p = self.path(**{k: getattr(inversion, k) for k in self.KEY_FIELDS})
         try:
-            return inversion.save(self.path(**{k: getattr(inversion, k) for k in self.KEY_FIELDS}))
+            inversion.save(p)
         except (OSError, StyleforgeError) as e:
             self._unusable(e)
             return None
+        self._folder.evict()
+        return p if p.exists() else None
+
+    def usage(self):
+        return self._folder.usage()
+
+    def clear(self):
+        return self._folder.clear()
 
     _warned: set = set()
 

@@ -7,6 +7,7 @@ tokenizer(s), unet, scheduler). It adds what every method needs: loading with cl
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
-from ..io import ImageLike, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from ..io import ImageLike, aspect_size, center_crop_resize, crop_pixels, load_image, pil_to_tensor, tensor_to_pil
 from ..loading import DEFAULT_SD1_MODEL, DEFAULT_SDXL_MODEL, resolve_model_folder  # noqa: F401 (re-exported)
 from ..runtime import resolve_device, resolve_dtype
 from .memory import MemorySavers, apply_memory_savers, check_finite
@@ -50,12 +51,15 @@ class StyleforgePipeline(DiffusionPipeline):
         dtype = resolve_dtype(torch_dtype) if torch_dtype is not None else None
         try:
             pipe = super().from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **kwargs)
+        except ArchitectureError as e:  # raised while constructing, before the pipeline knows its name
+            raise e.for_model(model) from None
         except ModelNotFoundError:
             raise
         except Exception as e:  # missing component files, bad configs, unloadable weights
             first_line = (str(e).strip().splitlines() or ["its files cannot be read"])[0][:200]
             raise ModelNotFoundError(f"could not load model {model!r} (damaged or incomplete folder?): {first_line}") from None
         pipe.register_to_config(_name_or_path=model)
+        pipe._weights_folder = str(folder)
         if device is not None:
             pipe.to(resolve_device(device))
         return pipe
@@ -86,6 +90,19 @@ class StyleforgePipeline(DiffusionPipeline):
     @property
     def model_id(self) -> str:
         return str(getattr(self.config, "_name_or_path", "") or "components")
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """A hash of the weights this pipeline runs, for cache keys: of the files of the folder it was loaded from
+        (remembered per file, so cheap), or of the modules' tensors when it was built from components."""
+        from ..cache import folder_fingerprint, modules_fingerprint
+
+        folder = getattr(self, "_weights_folder", None)
+        if folder is None:  # components can be changed in place: hash them every time
+            return modules_fingerprint(self.components)
+        if getattr(self, "_folder_fingerprint", None) is None:
+            self._folder_fingerprint = folder_fingerprint(folder)
+        return self._folder_fingerprint
 
     @property
     def family(self) -> str:
@@ -125,19 +142,46 @@ class StyleforgePipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------- images
 
-    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
-                   resample: int = Image.BICUBIC) -> torch.Tensor:
-        """Load, centre-crop and resize to ``size`` (default: the model's resolution); (1, 3, H, W) in [-1, 1].
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the UNet's total downsampling (SD: 64)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
 
-        ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
+    #: which side of the image the model's resolution (or ``size``) sets when the aspect ratio is kept
+    working_side = "short"
+
+    def working_size(self, image_size: tuple[int, int], size: int | tuple[int, int] | None = None, *,
+                     crop: bool = False) -> tuple[int, int]:
+        """(w, h) to process an image of ``image_size`` at: its aspect ratio with the shorter side (``working_side``)
+        at ``size`` (default: the model's resolution), both sides multiples of ``size_multiple``; with ``crop`` a
+        square of that side; a (w, h) ``size`` as given."""
+        m = self.size_multiple
+        if isinstance(size, (tuple, list)):
+            w, h = (int(x) for x in size)
+        else:
+            w = h = int(size or self.default_resolution)
+        if w <= 0 or h <= 0 or w % m or h % m:
+            raise InputError(f"the working size must be positive multiples of {m} for this model, got {w}x{h}")
+        if isinstance(size, (tuple, list)) or crop:
+            return w, h
+        return aspect_size(image_size, w, m, fit=self.working_side)
+
+    def preprocess(self, image: ImageLike, size: int | tuple[int, int] | None = None, *, name: str = "image",
+                   crop: bool = False, why: str = "", resample: int = Image.BICUBIC) -> torch.Tensor:
+        """Load and resize to :meth:`working_size`; (1, 3, H, W) in [-1, 1]. A target whose aspect ratio differs
+        from the image's by less than the rounding of its sides (``size_multiple``) is reached by resizing alone;
+        otherwise (``crop``, a (w, h) ``size`` of another shape) the centre is cropped, with a warning ending in
+        ``why``. ``resample``: a PIL filter (default bicubic; pix2pix-zero's code resizes with LANCZOS)."""
         from ..validation import check_working_size
 
-        size = size or self.default_resolution
-        w, h = (size, size) if isinstance(size, int) else size
-        check_working_size(w, h, f"the {name}'s working size")
-        if w % self.vae_scale_factor or h % self.vae_scale_factor:
-            raise InputError(f"image size must be a multiple of {self.vae_scale_factor}, got {w}x{h}")
-        return pil_to_tensor(center_crop_resize(load_image(image, name=name), (w, h), resample))
+        img = load_image(image, name=name)
+        target = self.working_size(img.size, size, crop=crop)
+        check_working_size(*target, f"the {name}'s working size")
+        if crop_pixels(img.size, target) < self.size_multiple:  # only the rounding of the sides: no crop
+            return pil_to_tensor(img.resize(target, resample) if img.size != target else img)
+        warnings.warn(f"the {name} ({img.size[0]}x{img.size[1]}) is centre-cropped to the aspect ratio of "
+                      f"{target[0]}x{target[1]}{why}", stacklevel=2)
+        return pil_to_tensor(center_crop_resize(img, target, resample))
 
     def _vae_dtype(self) -> torch.dtype:
         # SDXL's VAE overflows in fp16 (config force_upcast): run it in fp32 then
@@ -173,22 +217,34 @@ class StyleforgePipeline(DiffusionPipeline):
                 "styleforge": __version__, "params": params}
 
 
+class ArchitectureError(ModelNotFoundError):
+    """A model the method cannot run; the message names the model once its name is known."""
+
+    def __init__(self, name: str | None, problem: str):
+        self.problem = problem
+        super().__init__(f"model {name!r} {problem}" if name else f"these components: {problem}")
+
+    def for_model(self, name: str) -> "ArchitectureError":
+        return ArchitectureError(name, self.problem)
+
+
 def check_architecture(pipe, families: tuple[str, ...]) -> None:
     from diffusers import UNet2DConditionModel
 
-    name = getattr(getattr(pipe, "config", None), "_name_or_path", None) or "the given components"
+    name = getattr(getattr(pipe, "config", None), "_name_or_path", None)
     if not isinstance(pipe.unet, UNet2DConditionModel):
-        raise ModelNotFoundError(f"model {name!r} has an unsupported architecture ({type(pipe.unet).__name__}); "
-                                 "styleforge needs a Stable Diffusion 1.x or SDXL UNet2DConditionModel")
+        raise ArchitectureError(name, f"has an unsupported architecture ({type(pipe.unet).__name__}); "
+                                      "styleforge needs a Stable Diffusion 1.x or SDXL UNet2DConditionModel")
     family = SDXL if pipe.text_encoder_2 is not None else SD1
     if (pipe.unet.config.addition_embed_type == "text_time") != (family == SDXL):
-        raise ModelNotFoundError(f"model {name!r} has an unsupported architecture: its UNet and text encoders do not "
-                                 "form a Stable Diffusion 1.x or SDXL model")
+        raise ArchitectureError(name, "has an unsupported architecture: its UNet and text encoders do not form a "
+                                      "Stable Diffusion 1.x or SDXL model")
     if getattr(pipe.scheduler.config, "prediction_type", "epsilon") != "epsilon":
-        raise ModelNotFoundError(f"model {name!r} predicts {pipe.scheduler.config.prediction_type!r}; styleforge's "
-                                 "samplers need an epsilon-prediction model (SD 1.x, SDXL base)")
+        raise ArchitectureError(name, f"predicts {pipe.scheduler.config.prediction_type!r}; styleforge's samplers need "
+                                      "an epsilon-prediction model (SD 1.x, SDXL base)")
     if family not in families:
-        raise ModelNotFoundError(f"model {name!r} is {family.upper()}-shaped; this method supports {', '.join(f.upper() for f in families)}")
+        raise ArchitectureError(name, f"is {family.upper()}-shaped; this method supports "
+                                      f"{', '.join(f.upper() for f in families)}")
 
 
 @dataclass
@@ -215,7 +271,7 @@ class InversionPipeline(StyleforgePipeline):
         if kind not in (DDIM, EDIT_FRIENDLY):
             raise InputError(f"kind must be {DDIM!r} or {EDIT_FRIENDLY!r}, got {kind!r}")
         V.check_all(num_inference_steps=(num_inference_steps, V.steps), guidance_scale=(guidance_scale, V.finite),
-                    eta=(eta, V.non_negative), size=(size, V.optional_side))
+                    eta=(eta, V.non_negative), size=(size, V.optional_size))
         pixels = self.preprocess(image, size)
         h, w = pixels.shape[-2:]
         cond = self.encode_prompt(prompt, height=h, width=w)
@@ -223,6 +279,7 @@ class InversionPipeline(StyleforgePipeline):
         eps_fn = noise_predictor(self.unet, cond, uncond=uncond, guidance_scale=guidance_scale)
         settings = dict(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=float(guidance_scale),
                         seed=seed, model_id=self.model_id, family=self.family, image_hash=image_hash(pixels),
+                        weights=self.weights_fingerprint if cache is not None else "",
                         extra={"dtype": str(self.unet.dtype)} | ({"zero_last_noise": zero_last_noise, "noise_draws": NOISE_DRAWS}
                                                                   if kind == EDIT_FRIENDLY else {}))
         key = dict(settings, kind=kind, num_inference_steps=num_inference_steps, eta=eta if kind == EDIT_FRIENDLY else 0.0)

@@ -32,13 +32,14 @@ def load_clip(model: str = DEFAULT_CLIP_MODEL, *, offline: bool | None = None):
     """(CLIPModel, tokenizer) from a hub id or a local folder, as a one-line ModelNotFoundError when absent."""
     from transformers import CLIPModel, CLIPTokenizer
 
-    from ..loading import _reason, is_offline
+    from ..loading import local_files_only, unavailable_reason
 
+    local_only = local_files_only(offline)
     try:
-        net = CLIPModel.from_pretrained(model, local_files_only=is_offline(offline))
-        tok = CLIPTokenizer.from_pretrained(model, local_files_only=is_offline(offline))
+        net = CLIPModel.from_pretrained(model, local_files_only=local_only)
+        tok = CLIPTokenizer.from_pretrained(model, local_files_only=local_only)
     except Exception as e:
-        reason = "offline mode and not in the local cache" if is_offline(offline) else _reason(e)
+        reason = unavailable_reason(e, offline)
         raise ModelNotFoundError(f"CLIP model {model!r} is not available ({reason}); download it with `hf download {model}` "
                                  "or pass a local CLIP folder") from None
     return net.eval().requires_grad_(False), tok

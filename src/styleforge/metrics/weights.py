@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 import torch
 
 from ..errors import ModelNotFoundError
-from ..loading import is_offline
+from ..loading import host_reachable, is_offline, local_files_only, unavailable_reason
 
 ENV_WEIGHTS_DIR = "STYLEFORGE_METRIC_WEIGHTS"
 
@@ -103,11 +103,9 @@ def _from_hub(spec: WeightFile, repo: str, filename: str, offline: bool) -> Path
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
     try:
-        return Path(hf_hub_download(repo, filename, local_files_only=offline))
+        return Path(hf_hub_download(repo, filename, local_files_only=local_files_only(offline)))
     except Exception as e:  # network, cache, authentication, missing file: all mean "not available"
-        from ..loading import _reason
-
-        reason = "offline mode and not in the local cache" if offline else _reason(e)
+        reason = unavailable_reason(e, offline)
         raise _missing(spec, f"hub {repo}/{filename}: {reason}") from None
 
 
@@ -144,6 +142,8 @@ def resolve_weight_file(spec: WeightFile, source: str | os.PathLike | None = Non
         raise _missing(spec, "offline mode and not in the local caches")
     if spec.url is None:
         raise _missing(spec, "it has no public download URL")
+    if not host_reachable(spec.url):
+        raise _missing(spec, f"no network ({spec.url.split('/')[2]} does not answer) and not in the local caches")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(spec.url, str(cached), progress=True)

@@ -5,10 +5,28 @@ fine-tune a copy of DiffAE's UNet and the structure-preserving network on that o
 (:mod:`.pipeline`): stylize photos with semantic-code mixing; optional text-driven manipulation.
 """
 
-from .losses import CLIPEmbedder, LossWeights, OSASISLoss  # noqa: F401
-from .models import (ADMUNet, DiffAEAutoencoder, LatentDDIMNet, PlainSPN, StructurePreservingNetwork,  # noqa: F401
-                     load_model)
-from .pipeline import EditSettings, OSASISPipeline, StylizeSettings  # noqa: F401
-from .prepare import PrepareSettings, prepare_style_photo  # noqa: F401
-from .schedule import NoiseSchedule, TimestepPlan  # noqa: F401
-from .train import OSASISTrainer, TrainConfig  # noqa: F401
+from .._lazy import lazy_exports
+
+# public name -> module defining it (imported on first use: the CLI reads constants without loading torch)
+_EXPORTS = {
+    "CLIPEmbedder": ".losses",
+    "LossWeights": ".config",
+    "OSASISLoss": ".losses",
+    "ADMUNet": ".models",
+    "DiffAEAutoencoder": ".models",
+    "LatentDDIMNet": ".models",
+    "PlainSPN": ".models",
+    "StructurePreservingNetwork": ".models",
+    "load_model": ".models",
+    "EditSettings": ".pipeline",
+    "OSASISPipeline": ".pipeline",
+    "StylizeSettings": ".pipeline",
+    "PrepareSettings": ".prepare",
+    "prepare_style_photo": ".prepare",
+    "NoiseSchedule": ".schedule",
+    "TimestepPlan": ".schedule",
+    "OSASISTrainer": ".train",
+    "TrainConfig": ".config",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

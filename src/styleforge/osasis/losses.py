@@ -12,13 +12,13 @@ Total (Eq. 26) with the official weights 1, 0.5, 10, 10, 30.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .config import LossWeights  # noqa: F401 (re-exported)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -85,20 +85,6 @@ def directional_loss(a: torch.Tensor, b: torch.Tensor, *, what: str, eps: float 
         raise InputError(f"{what}: a CLIP direction has zero length (two identical images or texts); "
                          "the cosine is undefined")
     return (1 - (a * b).sum(-1) / (na * nb)).mean()
-
-
-@dataclass
-class LossWeights:
-    """Eq. 26 weights (paper = official code)."""
-
-    cross: float = 1.0
-    in_domain: float = 0.5
-    recon_l1: float = 10.0
-    recon_lpips: float = 10.0
-    recon_clip: float = 30.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class OSASISLoss(torch.nn.Module):

@@ -48,18 +48,49 @@ def tiny_models(seed: int = 0, nontrivial: bool = True) -> dict:
     return {"diffae": diffae.eval(), "latent": latent.eval(), "ddpm": ddpm.eval(), "spn": spn.eval()}
 
 
-def tiny_clip(seed: int = 0):
-    """A transformers ``CLIPModel`` of the ViT-B/32 family with tiny widths (32x32 input, 16-d embeddings)."""
+def tiny_clip(seed: int = 0, *, for_tiny_tokenizer: bool = False):
+    """A transformers ``CLIPModel`` of the ViT-B/32 family with tiny widths (32x32 input, 16-d embeddings).
+
+    ``for_tiny_tokenizer``: a text tower sized for :func:`styleforge.testing.tiny_tokenizer` (its vocabulary,
+    77 positions), so the model and that tokenizer saved in one folder load like a released CLIP."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(seed)
+    text = dict(vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    if for_tiny_tokenizer:
+        from ..testing import tiny_tokenizer
+
+        tok = tiny_tokenizer()
+        text = dict(vocab_size=len(tok), max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
+                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg = CLIPConfig(
         vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                            num_attention_heads=2),
-        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, **text),
         projection_dim=16)
     return CLIPModel(cfg).eval()
+
+
+#: sub-folders of a tiny OSASIS set -> the flag that takes them
+TINY_SET = {"ddpm": "oneshot prepare --model", "diffae": "oneshot train --model", "latent": "oneshot train --latent",
+            "clip": "oneshot train/apply --clip"}
+
+
+def save_tiny_osasis(folder, seed: int = 0):
+    """Write a tiny random OSASIS set: ``ddpm`` (P2 ADM), ``diffae`` (DiffAE autoencoder with its semantic
+    encoder), ``latent`` (latent DDIM net) and ``clip`` (a tiny CLIP with a tokenizer), each loadable by the
+    ``oneshot`` commands as a local folder."""
+    from pathlib import Path
+
+    from ..testing import tiny_tokenizer
+
+    folder = Path(folder)
+    models = tiny_models(seed)
+    for name in ("ddpm", "diffae", "latent"):
+        models[name].save_pretrained(folder / name)
+    tiny_clip(seed, for_tiny_tokenizer=True).save_pretrained(folder / "clip")
+    tiny_tokenizer().save_pretrained(folder / "clip")
+    return folder
 
 
 class CharTokenizer:

@@ -1,8 +1,26 @@
 """PairCustomization: learn a style from one before/after image pair (Jones et al., 2024; spec pair_customization.md)."""
 
-from .adapters import (CONTENT, DEFAULT_BASIS_SEED, DEFAULT_TARGETS, STYLE, UNetAdapters,  # noqa: F401
-                       attach_pair_adapters, orthonormal_basis)
-from .pipeline import SCHEDULERS, GuidanceState, PairCustomizationOutput, PairCustomizationPipeline  # noqa: F401
-from .style_io import StyleAdapter, style_prompt  # noqa: F401
-from .train import (PairCustomizationConfig, PairCustomizationTrainer, TrainResult,  # noqa: F401
-                    train_pair_customization)
+from .._lazy import lazy_exports
+
+# public name -> module defining it (imported on first use: the CLI reads constants without loading torch)
+_EXPORTS = {
+    "CONTENT": ".adapters",
+    "DEFAULT_BASIS_SEED": ".adapters",
+    "DEFAULT_TARGETS": ".adapters",
+    "STYLE": ".adapters",
+    "UNetAdapters": ".adapters",
+    "attach_pair_adapters": ".adapters",
+    "orthonormal_basis": ".adapters",
+    "SCHEDULERS": ".pipeline",
+    "GuidanceState": ".pipeline",
+    "PairCustomizationOutput": ".pipeline",
+    "PairCustomizationPipeline": ".pipeline",
+    "StyleAdapter": ".style_io",
+    "style_prompt": ".style_io",
+    "PairCustomizationConfig": ".train",
+    "PairCustomizationTrainer": ".train",
+    "TrainResult": ".train",
+    "train_pair_customization": ".train",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

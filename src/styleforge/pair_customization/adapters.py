@@ -23,10 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: The official targets: every module whose name ends in one of these (q, k, v, out of attn1 and attn2).
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-#: The official code's ``orthonormal_basis_seed``.
-DEFAULT_BASIS_SEED = 123846
+from .constants import DEFAULT_BASIS_SEED, DEFAULT_TARGETS  # noqa: F401 (re-exported)
+
 CONTENT, STYLE = "content", "style"
 
 

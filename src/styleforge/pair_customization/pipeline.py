@@ -33,9 +33,9 @@ from ..errors import InputError
 from ..io import ImageLike
 from ..loading import DEFAULT_SD1_MODEL
 from .adapters import DEFAULT_TARGETS, UNetAdapters, find_targets
+from .constants import SCHEDULERS
 from .style_io import StyleAdapter
 
-SCHEDULERS = ("pndm", "ddim", "euler", "euler_a", "dpm")
 #: classifier-free guidance per family: SD 1.5 convention / the paper's SDXL value (spec §9)
 DEFAULT_GUIDANCE = {SD1: 7.5, SDXL: 5.0}
 
@@ -377,6 +377,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
         cond = self.encode_prompt(prompt, height=h, width=w)
         state = GuidanceState(cond, None, 1.0)
         settings = dict(prompt=prompt, negative_prompt=prompt, guidance_scale=0.0, seed=None, model_id=self.model_id,
+                        weights=self.weights_fingerprint if cache is not None else "",
                         image_hash=image_hash(pixels), extra={"dtype": str(self.unet.dtype), "method": "pair"})
         inv = cache.get(kind=DDIM, num_inference_steps=num_inference_steps, eta=0.0, **settings) if cache else None
         if inv is None:

@@ -35,13 +35,13 @@ class BlipCaptioner:
             return self
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        from ..loading import resolve_model_folder
+        from ..loading import local_files_only, resolve_model_folder
 
         folder = resolve_model_folder(self.model_name, offline=True, required_file="config.json",
                                       what="BLIP captioning model") if _looks_local(self.model_name) else None
         source = str(folder) if folder is not None else self.model_name
-        # the local cache first: a download attempt without network retries for minutes
-        attempts = [True] if folder is not None or self.offline or _hub_offline() else [True, False]
+        # the local cache first; a download only when the hub answers (the hub client retries for minutes otherwise)
+        attempts = [True] if folder is not None or local_files_only(self.offline) else [True, False]
         error = None
         for local_only in attempts:
             try:
@@ -51,8 +51,10 @@ class BlipCaptioner:
             except Exception as e:  # missing weights, no network, gated repo: all mean "not available"
                 error = e
         else:
-            raise ModelNotFoundError(f"captioning model {self.model_name!r} is not available "
-                                     f"({type(error).__name__})") from None
+            from ..loading import unavailable_reason
+
+            reason = unavailable_reason(error, self.offline) if folder is None else type(error).__name__
+            raise ModelNotFoundError(f"captioning model {self.model_name!r} is not available ({reason})") from None
         self._model = model.to(device=self.device, dtype=self.dtype).eval()
         return self
 
@@ -72,12 +74,6 @@ def _looks_local(name: str) -> bool:
     from pathlib import Path
 
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
-
-
-def _hub_offline() -> bool:
-    from ..loading import is_offline
-
-    return is_offline(None)
 
 
 def resolve_caption(image: Image.Image, caption: str | None = None, captioner: Captioner | str | None = "auto",

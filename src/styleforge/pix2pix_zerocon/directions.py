@@ -140,9 +140,9 @@ def mean_embedding(encode: Encoder, sentences: Sequence[str], *, batch_size: int
 
 
 def _cache_root() -> Path:
-    if os.environ.get("STYLEFORGE_CACHE"):
-        return Path(os.environ["STYLEFORGE_CACHE"]) / "directions"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "styleforge" / "directions"
+    from ..cache import cache_home
+
+    return cache_home() / "directions"
 
 
 class EmbeddingCache:
@@ -309,10 +309,12 @@ def direction_from_embeddings(source_mean: torch.Tensor, target_mean: torch.Tens
 
 def direction_from_sentences(encode: Encoder, source_sentences: Sequence[str], target_sentences: Sequence[str], *,
                              model_id: str | None = None, cache: EmbeddingCache | None = None,
-                             source: str = "", target: str = "") -> EditDirection:
-    """Paper Eq. 12 with the sign fixed: mean E(target sentences) - mean E(source sentences); n != m allowed."""
-    src = cached_mean_embedding(encode, list(source_sentences), model_id=model_id, cache=cache)
-    tgt = cached_mean_embedding(encode, list(target_sentences), model_id=model_id, cache=cache)
+                             source: str = "", target: str = "", cache_key: str | None = None) -> EditDirection:
+    """Paper Eq. 12 with the sign fixed: mean E(target sentences) - mean E(source sentences); n != m allowed.
+    ``cache_key`` (default ``model_id``) names the text encoder in the cache: a fingerprint of its weights."""
+    key = cache_key or model_id
+    src = cached_mean_embedding(encode, list(source_sentences), model_id=key, cache=cache)
+    tgt = cached_mean_embedding(encode, list(target_sentences), model_id=key, cache=cache)
     return EditDirection(tgt - src, source=source, target=target, num_source=len(source_sentences),
                          num_target=len(target_sentences), model_id=model_id or "",
                          extra={"source_hash": sentence_hash(source_sentences),

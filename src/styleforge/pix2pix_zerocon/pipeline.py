@@ -302,12 +302,13 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
             if message:
                 warnings.warn(message, stacklevel=2)
         if cache is None or cache is True:
-            # components built in code have no stable id to key a cache with
+            # components built in code would be hashed tensor by tensor on every call: not worth it for embeddings
             cache = EmbeddingCache() if self.model_id != "components" else None
         elif cache is False:
             cache = None
         d = direction_from_sentences(self.encode_sentences, src_s, tgt_s, model_id=self.model_id, cache=cache,
-                                     source=labels[0] or "", target=labels[1] or "")
+                                     source=labels[0] or "", target=labels[1] or "",
+                                     cache_key=self.weights_fingerprint if cache is not None else None)
         return _check_width(d, width)
 
     # ------------------------------------------------------------------------------------------- inversion
@@ -342,23 +343,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE factor times the UNet's total downsampling (SD: 64)."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
-
-    def working_size(self, image_size: tuple[int, int], size: int | tuple[int, int] | None = None) -> tuple[int, int]:
-        """(w, h): the long side scaled to the model's resolution, both sides rounded down to ``size_multiple``
-        (spec §8.21), or a requested size, which must already be a multiple."""
-        m = self.size_multiple
-        if size is None:
-            w, h = image_size
-            scale = self.default_resolution / max(w, h)
-            return max(m, int(w * scale) // m * m), max(m, int(h * scale) // m * m)
-        w, h = (size, size) if isinstance(size, int) else tuple(size)
-        if w <= 0 or h <= 0 or w % m or h % m:
-            raise InputError(f"the working size must be positive multiples of {m} for this model, got {w}x{h}")
-        return int(w), int(h)
+    working_side = "long"  # spec §8.21: the long side at the model's resolution
 
     def _check_latent(self, latent: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         expected = (1, self.unet.config.in_channels, pixels.shape[-2] // self.vae_scale_factor,

@@ -16,10 +16,13 @@ from typing import Sequence
 import torch
 
 from ..errors import InputError, ModelNotFoundError
-from .masks import broadcast_mask, dilate_mask, feather_mask, resample_mask
+from .lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, check_lift_settings
+from .masks import broadcast_mask, dilate_mask, feather_inside, feather_mask, resample_mask
 from .model import RegionEncoder, RegionGenerator
 
 COMPOSITION_SPACES = ("feature", "pixel", "content_code")
+OUTPUT_SIZES = ("native", "working")
+DETAIL_MODES = ("guided", "none")
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "region"
 MODEL_CONFIG = "config.json"
 
@@ -98,6 +101,28 @@ def region_transfer(
 
 
 @torch.no_grad()
+def edit(encoder, generator, image: torch.Tensor, style_image: torch.Tensor, mask: torch.Tensor | None,
+         strength: float = 1.0, grow: int = 0, **region_kwargs) -> torch.Tensor:
+    """One edit at working size: the global transfer without a mask, else the region transfer on M grown by
+    ``grow`` pixels (the margin a later paste-back restyles beyond the mask)."""
+    if mask is None:
+        return transfer(encoder, generator, image, style_image, strength)
+    if grow > 0:
+        n, _, h, w = image.shape
+        mask = dilate_mask(broadcast_mask(mask, n, (h, w)).to(image), grow)
+    return region_transfer(encoder, generator, image, style_image, mask, strength, **region_kwargs)
+
+
+def check_paste_margin(encoder, paste_margin: int | None) -> int:
+    """The paste margin in pixels; ``None`` means one feature cell (2^d px)."""
+    if paste_margin is None:
+        return encoder.downsample_factor
+    if paste_margin < 0:
+        raise InputError(f"paste margin must be >= 0 pixels, got {paste_margin}")
+    return int(paste_margin)
+
+
+@torch.no_grad()
 def apply_edits(
     encoder,
     generator,
@@ -117,20 +142,13 @@ def apply_edits(
     """
     current = content_image
     n, _, h, w = content_image.shape
-    if paste_margin is None:
-        paste_margin = encoder.downsample_factor
-    if paste_margin < 0:
-        raise InputError(f"paste margin must be >= 0 pixels, got {paste_margin}")
+    paste_margin = check_paste_margin(encoder, paste_margin)
     for style_image, mask in edits:
-        if mask is None:
-            out = transfer(encoder, generator, current, style_image, strength)
-        elif paste_back:
+        pasting = paste_back and mask is not None
+        out = edit(encoder, generator, current, style_image, mask, strength, paste_margin if pasting else 0, **region_kwargs)
+        if pasting:
             m = broadcast_mask(mask, n, (h, w)).to(current)
-            out = region_transfer(encoder, generator, current, style_image, dilate_mask(m, paste_margin), strength,
-                                  **region_kwargs)
             out = m * out + (1 - m) * current
-        else:
-            out = region_transfer(encoder, generator, current, style_image, mask, strength, **region_kwargs)
         current = out
     return current
 
@@ -299,27 +317,15 @@ class RegionStylizer:
         x = self._to_tensor(self.prepare_content(image, size))
         return tensor_to_pil(reconstruct(self.encoder, self.generator, x))[0]
 
-    def __call__(
-        self,
-        content,
-        style=None,
-        mask=None,
-        strength: float = 1.0,
-        paste_back: bool = False,
-        paste_margin: int | None = None,
-        composition: str = "feature",
-        mask_resample: str = "area",
-        feather: float = 0.0,
-        size: int | None = None,
-    ):
-        """Stylize ``content``. ``style``/``mask`` may be single items or equal-length lists of (style, mask)
-        pairs applied in order; no mask means global transfer. Returns an RGB PIL image at working size."""
-        from ..io import tensor_to_pil
-        from ..validation import Number, fraction
+    def paste_weight(self, mask, width: int, height: int, sigma: float = 0.0) -> torch.Tensor:
+        """(H, W) paste-back weight at full resolution: the mask (any size) resampled to (W, H) and binarised,
+        its edge softened inward by a Gaussian of ``sigma`` px, so every pixel outside the mask has weight 0."""
+        from ..io import load_mask
 
-        fraction.check(strength, "strength")
-        Number(float, 0, 1000).check(feather, "feather")
-        Number(int, 0, optional=True).check(paste_margin, "paste_margin")
+        m = broadcast_mask(load_mask(mask, threshold=0.5, required=True), 1, (height, width))
+        return feather_inside((m >= 0.5).float(), sigma)[0, 0]
+
+    def _styles_and_masks(self, style, mask) -> list[tuple]:
         styles = list(style) if isinstance(style, (list, tuple)) else ([style] if style is not None else [])
         if not styles:
             raise InputError("at least one style image is needed")
@@ -329,29 +335,134 @@ class RegionStylizer:
             masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
         if len(masks) != len(styles):
             raise InputError(f"got {len(styles)} style image(s) but {len(masks)} mask(s); give one mask per style or none")
-        content_img = self.prepare_content(content, size)
-        w, h = content_img.size
-        edits = []
-        for i, (s, m) in enumerate(zip(styles, masks)):
-            style_t = self._to_tensor(self.prepare_style(s, size))
-            mask_t = self.prepare_mask(m, w, h) if m is not None else None
-            edits.append((style_t, mask_t))
-        out = apply_edits(
-            self.encoder, self.generator, self._to_tensor(content_img), edits, strength=strength, paste_back=paste_back,
-            paste_margin=paste_margin, composition=composition, mask_resample=mask_resample, feather=feather,
-        )
-        return tensor_to_pil(out)[0]
+        return list(zip(styles, masks))
+
+    def _lift(self, guide: torch.Tensor, result: torch.Tensor, image, detail: str, lift_settings: dict,
+              fit_weight: torch.Tensor | None = None, paste_weight: torch.Tensor | None = None):
+        """A working-size result (1,3,h,w in [-1,1], edited from ``guide``) carried onto ``image`` (uint8 H×W×3)."""
+        import numpy as np
+        from PIL import Image
+
+        from ..io import tensor_to_pil
+        from .lift import lift, paste_image
+
+        if detail == "guided":
+            to_unit = lambda x: (x[0].detach().float().cpu().clamp(-1, 1) + 1) / 2  # noqa: E731
+            return lift(to_unit(guide), to_unit(result), image, fit_weight=fit_weight, paste_weight=paste_weight,
+                        **lift_settings)
+        upsampled = tensor_to_pil(result)[0].resize((image.shape[1], image.shape[0]), resample=Image.BICUBIC)
+        return paste_image(image, np.asarray(upsampled), paste_weight)
+
+    def __call__(
+        self,
+        content,
+        style=None,
+        mask=None,
+        strength: float = 1.0,
+        paste_back: bool = True,
+        paste_margin: int | None = None,
+        composition: str = "feature",
+        mask_resample: str = "area",
+        feather: float = 0.0,
+        size: int | None = None,
+        output_size: str = "native",
+        detail: str = "guided",
+        lift_radius: int = DEFAULT_RADIUS,
+        lift_eps: float = DEFAULT_EPS,
+        lift_prior: str = "global",
+        lift_sigma: float = DEFAULT_SIGMA,
+    ):
+        """Stylize ``content``. ``style``/``mask`` may be single items or equal-length lists of (style, mask)
+        pairs applied in order; no mask means global transfer.
+
+        The model works at ``size`` (default: its training size). ``output_size="native"`` returns the content's
+        own size: each edit is lifted onto the full-resolution photo (``detail="guided"``: a local affine colour
+        model fitted at working size, see :mod:`styleforge.region.lift`; ``"none"``: the result upsampled) and,
+        with ``paste_back``, composited inside the full-resolution mask (its edge softened inward by ``feather``
+        working pixels), so every pixel outside the masks equals the input's. ``"working"`` returns the
+        working-size result as the model gives it. Returns an RGB PIL image."""
+        from ..io import load_image, tensor_to_pil
+        from ..validation import Number, fraction
+
+        fraction.check(strength, "strength")
+        Number(float, 0, 1000).check(feather, "feather")
+        Number(int, 0, optional=True).check(paste_margin, "paste_margin")
+        settings = lift_settings(output_size, detail, lift_radius, lift_eps, lift_prior, lift_sigma)
+        pairs = self._styles_and_masks(style, mask)
+        margin = check_paste_margin(self.encoder, paste_margin)
+        region_kwargs = dict(composition=composition, mask_resample=mask_resample, feather=feather)
+        full = load_image(content, name="content image")
+        w, h = self.working_size(*full.size, size=size)
+        edits = [(self._to_tensor(self.prepare_style(s, size)), m) for s, m in pairs]
+        if output_size == "working":
+            work = full.resize((w, h), resample=3) if full.size != (w, h) else full
+            masks = [(s, self.prepare_mask(m, w, h) if m is not None else None) for s, m in edits]
+            out = apply_edits(self.encoder, self.generator, self._to_tensor(work), masks, strength=strength,
+                              paste_back=paste_back, paste_margin=margin, **region_kwargs)
+            return tensor_to_pil(out)[0]
+        return self._native(full, edits, (w, h), strength, paste_back, margin, feather, region_kwargs, settings)
+
+    def _native(self, full, edits, working, strength, paste_back, margin, feather, region_kwargs, settings):
+        """Edits chained at full resolution: each one reads a working-size copy of the current photo."""
+        import numpy as np
+        from PIL import Image
+
+        current = np.array(full)
+        width, height = full.size
+        w, h = working
+        detail = settings["detail"]
+        lift_kwargs = {k: settings[k] for k in ("radius", "eps", "prior", "sigma")}
+        for style_t, mask in edits:
+            work = Image.fromarray(current)
+            x = self._to_tensor(work.resize((w, h), resample=3) if work.size != (w, h) else work)
+            mask_w = self.prepare_mask(mask, w, h) if mask is not None else None
+            pasting = paste_back and mask is not None
+            y = edit(self.encoder, self.generator, x, style_t, mask_w, strength, margin if pasting else 0, **region_kwargs)
+            # the global colour prior is fitted where the result will be used: the restyled region when pasting back
+            fit_weight = dilate_mask(mask_w, margin)[0, 0].cpu() if pasting else None
+            weight = self.paste_weight(mask, width, height, feather * height / h) if pasting else None
+            current = self._lift(x, y, current, detail, lift_kwargs, fit_weight, weight)
+        return Image.fromarray(current)
 
     apply = __call__
 
-    def interpolate(self, source, target, alphas: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), what: str = "style", size: int | None = None):
-        """Images along the content or style interpolation from ``source`` to ``target`` (list of PIL)."""
-        from ..io import tensor_to_pil
+    def interpolate(self, source, target, alphas: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), what: str = "style",
+                    size: int | None = None, output_size: str = "native", detail: str = "guided",
+                    lift_radius: int = DEFAULT_RADIUS, lift_eps: float = DEFAULT_EPS, lift_prior: str = "global",
+                    lift_sigma: float = DEFAULT_SIGMA):
+        """Images along the content or style interpolation from ``source`` to ``target`` (list of PIL).
 
-        from ..io import center_crop_resize, load_image
+        With ``output_size="native"`` the frames have the source's size: style-interpolation frames are lifted
+        onto the source photo like :meth:`__call__`'s edits; content and both-codes frames carry the target's
+        layout, which the source photo does not have, so they are upsampled instead.
+        """
+        import numpy as np
+        from PIL import Image
 
-        src = self.prepare_content(source, size)
+        from ..io import center_crop_resize, load_image, tensor_to_pil
+
+        settings = lift_settings(output_size, detail, lift_radius, lift_eps, lift_prior, lift_sigma)
+        full = load_image(source, name="source image")
+        w, h = self.working_size(*full.size, size=size)
+        src = full.resize((w, h), resample=3) if full.size != (w, h) else full
         # the target is cropped to the source's working size so content codes line up cell by cell
         tgt = center_crop_resize(load_image(target, name="target image"), src.size)
-        out = interpolate(self.encoder, self.generator, self._to_tensor(src), self._to_tensor(tgt), alphas, what)
-        return tensor_to_pil(out)
+        x = self._to_tensor(src)
+        out = interpolate(self.encoder, self.generator, x, self._to_tensor(tgt), alphas, what)
+        if output_size == "working":
+            return tensor_to_pil(out)
+        detail = settings["detail"] if what == "style" else "none"
+        lift_kwargs = {k: settings[k] for k in ("radius", "eps", "prior", "sigma")}
+        image = np.array(full)
+        return [Image.fromarray(self._lift(x, frame[None], image, detail, lift_kwargs)) for frame in out]
+
+
+def lift_settings(output_size: str = "native", detail: str = "guided", radius: int = DEFAULT_RADIUS,
+                  eps: float = DEFAULT_EPS, prior: str = "global", sigma: float = DEFAULT_SIGMA) -> dict:
+    """The checked output-size and lift settings, as recorded in an output's metadata."""
+    if output_size not in OUTPUT_SIZES:
+        raise InputError(f"output size must be one of {', '.join(OUTPUT_SIZES)}, got {output_size!r}")
+    if detail not in DETAIL_MODES:
+        raise InputError(f"detail must be one of {', '.join(DETAIL_MODES)}, got {detail!r}")
+    radius, eps, sigma = check_lift_settings(radius, eps, prior, sigma)
+    return {"output_size": output_size, "detail": detail, "radius": radius, "eps": eps, "prior": prior, "sigma": sigma}

@@ -119,14 +119,42 @@ def feather_mask(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian feathering of a (N,1,H,W) mask; sigma in pixels; 0 returns the mask unchanged."""
     if sigma <= 0:
         return mask
+    return gaussian_blur(mask, sigma).clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N,C,H,W), kernel radius ceil(3·sigma), edges replicated; 0 returns x."""
+    if sigma <= 0:
+        return x
     radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=mask.dtype, device=mask.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
-    padded = F.pad(mask, [radius] * 4, mode="replicate")
-    out = F.conv2d(padded, k.view(1, 1, 1, -1))
+    n, c, h, w = x.shape
+    out = F.pad(x.reshape(n * c, 1, h, w), [radius] * 4, mode="replicate")
+    out = F.conv2d(out, k.view(1, 1, 1, -1))
     out = F.conv2d(out, k.view(1, 1, -1, 1))
-    return out.clamp(0, 1)
+    return out.reshape(n, c, h, w)
+
+
+def feather_inside(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Soften a binary (N,1,H,W) mask's edge inward over about 3·sigma px: 0 on and outside its border, exactly.
+
+    The mask is eroded by the Gaussian's reach before it is blurred, so the ramp stays inside the mask (a paste-back
+    weight that leaves every outside pixel untouched). Wide blurs are computed on a grid ``sigma // 2`` times
+    coarser and upsampled bilinearly: the ramp is smooth, and the cost stays linear in the pixels.
+    """
+    if sigma <= 0:
+        return mask
+    step = max(1, int(sigma // 2))
+    size = tuple(mask.shape[-2:])
+    small = mask if step == 1 else F.interpolate(mask, size=(-(-size[0] // step), -(-size[1] // step)), mode="area")
+    sigma_small = sigma / step
+    reach = max(1, int(math.ceil(3 * sigma_small)))  # feather_mask's kernel radius
+    ramp = feather_mask(1 - dilate_mask(1 - small, reach), sigma_small)
+    if step > 1:
+        ramp = F.interpolate(ramp, size=size, mode="bilinear", align_corners=False)
+    return ramp * mask
 
 
 def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
