@@ -147,8 +147,7 @@ def run(args) -> int:
     pipe = load_pipeline(Pix2PixZeroConPipeline, args)
     edit = _edit_kwargs(args)
     result = pipe(args.image, direction=args.direction, edit_multiplier=args.edit_multiplier, caption=caption,
-                  inverted_latent=inverted,
-                  captioner=None if args.captioner == "none" else args.captioner, num_inference_steps=args.steps,
+                  inverted_latent=inverted, captioner=_captioner(args, pipe), num_inference_steps=args.steps,
                   guidance_lr=args.xa_guidance, lambda_xa=args.xa_weight, lambda_cut=args.contrastive_weight,
                   cfg_scale=args.cfg_scale, negative_prompt=args.negative_prompt, guidance_mode=args.guidance_mode,
                   update_latent_before_step=args.update_latent_before_step, guided_step_range=args.guided_steps,
@@ -178,6 +177,17 @@ def run(args) -> int:
             tmp.write_text(json.dumps(result.log, indent=1))
         print(f"wrote {log_out}")
     return 0
+
+
+def _captioner(args, pipe):
+    """BLIP, kept loaded between commands of one process like the pipeline (batch, web); None: never caption."""
+    if args.captioner == "none":
+        return None
+    from ..pix2pix_zerocon.captioning import DEFAULT_CAPTIONER, BlipCaptioner
+    from .common import cached_model
+
+    name = DEFAULT_CAPTIONER if args.captioner == "auto" else args.captioner
+    return cached_model(("BlipCaptioner", name, str(pipe.unet.device)), lambda: BlipCaptioner(name, device=pipe.unet.device))
 
 
 def run_direction(args) -> int:
