@@ -6,7 +6,7 @@ import argparse
 from argparse import BooleanOptionalAction
 
 from .. import validation as V
-from .common import add_common_args, add_size_args, add_subcommand
+from .common import add_common_args, add_memory_args, add_size_args, add_subcommand
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -76,6 +76,7 @@ def register(sub) -> None:
     g.add_argument("--save-reconstruction", action=BooleanOptionalAction, default=False, help="also write <stem>.recon.png (the reference trajectory)")
     g.add_argument("--save-direction", metavar="FILE", help="also write the edit direction (.safetensors or .pt)")
     g.add_argument("--save-log", metavar="FILE", help="also write the per-step losses and gradient norms (JSON)")
+    add_memory_args(p, checkpointing="recompute the UNet's activations in the guided steps' backward (exact; less memory, slower)")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL)
     p.set_defaults(func=run)
 
