@@ -330,3 +330,44 @@ def test_oneshot_jobs_write_their_output_folders(tmp_path):
     assert main(["oneshot", "apply", "--run", str(run), "--input", str(tmp_path / "photos" / "p1.png"), "--encode-steps", "10",
                  "--decode-steps", "4", "--device", "cpu", "-o", str(tmp_path / "single")]) == 0
     assert (tmp_path / "single" / "p1.png").read_bytes() == (tmp_path / "out" / "p1" / "p1.png").read_bytes()
+
+
+def test_translate_and_pair_jobs_equal_their_own_commands(tmp_path, tiny_sd1_folder):
+    """The two remaining methods through a manifest: every output is byte-identical to its command's own."""
+    model = str(tiny_sd1_folder)
+    images = [_image(tmp_path / "in" / f"i{k}.png", 20 + k, (32, 32)) for k in range(2)]
+    translate = {"model": model, "caption": "a photo of a cat", "steps": 2, "num_sentences": 4, "size": 32,
+                 "cut_patch_sizes": "1", "cut_num_patches": 16, "seed": 3}
+    rows = [{"image": str(images[0]), "source": "cat", "target": "dog"},
+            {"image": str(images[1]), "source": "cat", "target": "fox", "seed": 5}]
+    manifest = tmp_path / "translate.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = batch.run("translate", tmp_path / "t", manifest=manifest, options=translate, progress=False,
+                        echo=lambda s: None)
+    assert (summary.done, summary.failed) == (2, 0)
+    produced = _files(tmp_path / "t")
+    assert len(produced) == 2
+    for row, name in zip(rows, sorted(produced)):
+        out = tmp_path / "t_cli" / name
+        values = {**translate, **row, "output": str(out)}
+        args = ["translate", row["image"]] + sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in values.items()
+                                                   if k != "image"), [])
+        assert main(args) == 0
+        assert out.read_bytes() == (tmp_path / "t" / name).read_bytes()
+
+    style = tmp_path / "style"
+    assert main(["pair", "train", "--model", model, "--content", str(images[0]), "--styled", str(images[1]),
+                 "--style", "digital illustration", "-o", str(style), "--iterations", "2", "--style-start", "1",
+                 "--content-rank", "4", "--style-rank", "4", "--resolution", "32", "--no-progress"]) == 0
+    pair = {"model": model, "style": str(style), "steps": 2, "height": 32, "width": 32}
+    manifest = tmp_path / "pair.csv"
+    manifest.write_text("prompt,seed\na photo of a dog,1\na photo of a cat,2\n")
+    summary = batch.run("pair", tmp_path / "p", manifest=manifest, options=pair, progress=False, echo=lambda s: None)
+    assert (summary.done, summary.failed) == (2, 0)
+    produced = sorted(_files(tmp_path / "p"))
+    assert len(produced) == 2
+    for (prompt, seed), name in zip([("a photo of a dog", 1), ("a photo of a cat", 2)], produced):
+        out = tmp_path / "p_cli" / name
+        assert main(["pair", "apply", "--model", model, "--style", str(style), "--steps", "2", "--height", "32",
+                     "--width", "32", "--prompt", prompt, "--seed", str(seed), "-o", str(out)]) == 0
+        assert out.read_bytes() == (tmp_path / "p" / name).read_bytes()
