@@ -189,13 +189,18 @@ def pil_to_tensor(img: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
     return (torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0).contiguous()
 
 
-def tensor_to_pil(x: torch.Tensor) -> list[Image.Image]:
-    """A (B, 3, H, W) tensor in [-1, 1] to a list of RGB PIL images. NaNs are refused, not saved as black."""
-    x = x.detach().float().cpu()
+def check_finite(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a one-line :class:`OutputError` when it holds NaN or infinite values (never saved as black)."""
     if not torch.isfinite(x).all():
         raise OutputError(
             "the result contains NaN or infinite values (often fp16 overflow): try --dtype fp32 or bf16"
         )
+    return x
+
+
+def tensor_to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """A (B, 3, H, W) tensor in [-1, 1] to a list of RGB PIL images. NaNs are refused, not saved as black."""
+    x = check_finite(x.detach().float().cpu())
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(a) for a in arr]
 

@@ -11,6 +11,7 @@ writes the equivalent command line (:func:`command_line`), and runs the command'
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -124,6 +125,12 @@ def _kind(action: argparse.Action) -> str:
 
 def method_options(method: str) -> list[Option]:
     """Every option of ``method``'s main command, in the parser's order, grouped as in ``--help``."""
+    return list(_method_options(method))
+
+
+@functools.lru_cache(maxsize=None)
+def _method_options(method: str) -> tuple[Option, ...]:
+    # read once per process: to_argv needs them for every job of a batch, and the parsers do not change
     parser = command_parser(method)
     group_of = {id(a): g.title or "" for g in parser._action_groups for a in g._group_actions}
     options = []
@@ -140,7 +147,7 @@ def method_options(method: str) -> list[Option]:
             choices=tuple(action.choices) if action.choices is not None else None, nargs=action.nargs,
             convert=action.type if callable(action.type) else None, positional=not action.option_strings,
             minimum=getattr(action.type, "minimum", None), maximum=getattr(action.type, "maximum", None)))
-    return options
+    return tuple(options)
 
 
 def _tokens(option: Option, value: Any) -> list[str]:

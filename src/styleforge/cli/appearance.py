@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argparse import BooleanOptionalAction
 from .. import validation as V
-from .common import add_common_args, add_size_args, add_subcommand
+from .common import add_common_args, add_memory_args, add_size_args, add_subcommand
 
 
 def register(sub) -> None:
@@ -51,13 +51,13 @@ def register(sub) -> None:
     add_size_args(g)
     g = p.add_argument_group("speed and memory")
     g.add_argument("--guidance-rows", choices=("output", "all"), default="output", help="run the plain guidance pass for the output row only (exact) or for all rows (official)")
-    g.add_argument("--attention-chunk-size", type=V.count, default=None, help="query chunk of the swapped layers (exact; less memory)")
     g.add_argument("--cache", action=BooleanOptionalAction, default=True, help="read and write the inversion cache (--no-cache: neither)")
     g = p.add_argument_group("outputs")
     g.add_argument("--num-seeds", type=V.Number(int, 1, 1000), default=1, help="one result per seed: SEED, SEED+1, ... (written as STEM.seedN.png)")
     g.add_argument("--save-strip", action=BooleanOptionalAction, default=False, help="also write STEM.strip.png: structure | appearance | transfer")
     g.add_argument("--save-reconstructions", action=BooleanOptionalAction, default=False, help="also write STEM.structure_recon.png and STEM.appearance_recon.png")
     g.add_argument("--save-masks", action=BooleanOptionalAction, default=False, help="also write the AdaIN masks as STEM.structure_mask.png / STEM.appearance_mask.png")
+    add_memory_args(p, attention_chunking=True)
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, seed_default=42)
     p.set_defaults(func=run)
 

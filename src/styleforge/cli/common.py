@@ -79,6 +79,61 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
+OFFLOAD_CHOICES = ("none", "model", "sequential")  # styleforge.diffusion.memory.OFFLOAD_MODES (kept import-free)
+#: the memory flags' destinations, in MemorySavers' keyword names
+MEMORY_OPTIONS = ("low_memory", "offload", "vae_slicing", "vae_tiling", "vae_tile_size", "attention_chunk_size",
+                  "gradient_checkpointing")
+
+
+def add_memory_args(parser: argparse.ArgumentParser, *, offload: tuple[str, ...] | None = OFFLOAD_CHOICES,
+                    vae: bool = True, attention_chunking: bool = False, checkpointing: str | None = None) -> None:
+    """The memory-saver flags, one family for every command; a command leaves out what does not apply to it.
+
+    ``checkpointing`` is the help text of ``--gradient-checkpointing`` (None: the command has no backward pass).
+    Every flag defaults to None ("not given") so that ``--low-memory`` can fill in the rest; ``--no-X`` turns a saver
+    off even under ``--low-memory``.
+    """
+    g = parser.add_argument_group("memory savers (exact unless noted; --low-memory: the set that fits an 8 GB GPU)")
+    g.add_argument("--low-memory", action=BooleanOptionalAction, default=False,
+                   help="turn on every saver below that this command has (model offload, VAE slicing and tiling, "
+                        "1024-row attention chunks, gradient checkpointing); explicit flags still win")
+    if offload:
+        g.add_argument("--offload", choices=offload, default=None,
+                       help="keep weights on the CPU: one whole model on the GPU at a time (model), or one layer "
+                            "(sequential: least memory, slowest). Default: none")
+    if vae:
+        g.add_argument("--vae-slicing", action=BooleanOptionalAction, default=None,
+                       help="encode and decode one image of a batch at a time")
+        g.add_argument("--vae-tiling", action=BooleanOptionalAction, default=None,
+                       help="encode and decode in overlapping tiles (approximate: tiles are blended; only for images "
+                            "larger than a tile)")
+        g.add_argument("--vae-tile-size", type=V.side, default=None, help="tile side in pixels (default: the VAE's, 512 for SD 1.5)")
+    if attention_chunking:
+        g.add_argument("--attention-chunk-size", type=V.count, default=None,
+                       help="compute explicit attention maps this many query rows at a time (exact)")
+    if checkpointing:
+        g.add_argument("--gradient-checkpointing", action=BooleanOptionalAction, default=None, help=checkpointing)
+
+
+def memory_options(args) -> dict:
+    """The memory flags a command was given, as keywords of ``enable_memory_savers`` (absent flags left out).
+
+    ``--low-memory`` only turns on the savers the command has: one it lacks (e.g. VAE tiling while training) stays off.
+    """
+    opts = {k: getattr(args, k) for k in MEMORY_OPTIONS if getattr(args, k, None) is not None}
+    if opts.get("low_memory"):
+        lacking = {"offload": "none", "vae_slicing": False, "vae_tiling": False, "gradient_checkpointing": False}
+        opts.update({k: v for k, v in lacking.items() if not hasattr(args, k)})
+    return opts
+
+
+def memory_savers(args):
+    """The :class:`~styleforge.diffusion.memory.MemorySavers` the flags ask for."""
+    from ..diffusion.memory import MemorySavers
+
+    return MemorySavers.from_options(**memory_options(args))
+
+
 def dataclass_defaults(cls) -> argparse.Namespace:
     """The field defaults of a settings dataclass, without running its validation (which may import torch)."""
     import dataclasses
@@ -93,12 +148,25 @@ def dataclass_defaults(cls) -> argparse.Namespace:
 
 
 def load_pipeline(cls, args):
-    """``cls.from_pretrained(...).to(device)`` from the common flags (--model --dtype --device --offline)."""
+    """``cls.from_pretrained(...).to(device)`` from the common flags (--model --dtype --device --offline), memory
+    savers installed.
+
+    With offload the weights stay on the CPU and only the offload hooks point at the device.
+    """
     from ..runtime import resolve_device
 
-    key = (cls.__qualname__, args.model, args.dtype, args.device, bool(args.offline))
-    return cached_model(key, lambda: cls.from_pretrained(args.model, torch_dtype=args.dtype,
-                                                         offline=args.offline or None).to(resolve_device(args.device)))
+    savers = memory_savers(args)
+    offloading = savers.offload != "none"
+
+    def load():
+        pipe = cls.from_pretrained(args.model, torch_dtype=args.dtype, offline=args.offline or None)
+        if not offloading:
+            pipe.to(resolve_device(args.device))
+        if savers != type(savers)():
+            pipe.enable_memory_savers(**memory_options(args), device=resolve_device(args.device))
+        return pipe
+
+    return cached_model((cls.__qualname__, args.model, args.dtype, args.device, bool(args.offline), savers), load)
 
 
 # Models kept loaded between commands run in one process (the batch runner and the web page turn this on; a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argparse import BooleanOptionalAction
 from .. import validation as V
-from .common import add_common_args, add_size_args, add_subcommand
+from .common import add_common_args, add_memory_args, add_size_args, add_subcommand
 
 
 def register(sub) -> None:
@@ -24,6 +24,7 @@ def register(sub) -> None:
     add_size_args(p)
     p.add_argument("--reconstruction", default=None, help="also write the reconstruction to this PNG")
     p.add_argument("--cache", action=BooleanOptionalAction, default=True, help="read and write the inversion cache (--no-cache: neither)")
+    add_memory_args(p)
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="inversion file (.safetensors)")
     p.set_defaults(func=run)
 

@@ -11,8 +11,8 @@ import traceback
 from .common import HelpFormatter, Parser
 
 # (module under styleforge.cli, its subcommands register themselves). Order = order in --help.
-SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "compare", "invert", "serve", "tiny_model",
-                                  "cache"]
+SUBCOMMAND_MODULES: list[str] = ["appearance", "translate", "pair", "oneshot", "region", "batch", "compare", "invert",
+                                  "serve", "tiny_model", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     for message in deprecated:
         print(f"styleforge: warning: {message}", file=sys.stderr)
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # only `batch` takes more flags: the method's own, passed on to its parser
+            if not hasattr(args, "method_argv"):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            if "--" in extra:
+                extra.remove("--")
+            args.method_argv = extra
     except SystemExit as e:  # --help and --version exit 0; a refused flag returns 2 like every other refusal
         if e.code in (0, None):
             raise

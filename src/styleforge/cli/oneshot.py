@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argparse import BooleanOptionalAction
 from .. import validation as V
-from .common import add_common_args, add_subcommand, dataclass_defaults
+from .common import add_common_args, add_memory_args, add_subcommand, dataclass_defaults, memory_options, memory_savers
 
 DEFAULT_DIFFAE = "checkpoints/ffhq256_autoenc/last.ckpt"
 DEFAULT_LATENT = "checkpoints/ffhq256_autoenc_latent/last.ckpt"
@@ -161,7 +161,6 @@ def _register_train(steps) -> None:
     g.add_argument("--clamp", action=BooleanOptionalAction, default=d.clamp, help="clip x0 to [-1, 1]")
     g.add_argument("--dropout", action=BooleanOptionalAction, default=d.dropout, help="keep eps_B's dropout active while training (official)")
     g.add_argument("--autocast", choices=("off", "bf16", "fp16"), default="off", help="run eps_B/SPN forward passes under autocast (GPU speed); weights stay fp32")
-    g.add_argument("--gradient-checkpointing", action=BooleanOptionalAction, default=False, help="recompute eps_B activations in backward (less memory, more time)")
     g = p.add_argument_group("SPN")
     g.add_argument("--spn", choices=("time", "plain", "none"), default=d.spn, help="time-conditioned SPN (official), time-free, or none")
     g.add_argument("--spn-time-input", choices=("grid_index", "timestep"), default=d.spn_time_input,
@@ -183,6 +182,7 @@ def _register_train(steps) -> None:
     g.add_argument("--resume", nargs="?", const=True, default=False, help="continue from the latest checkpoint in RUN/ckpt (or the given file)")
     g.add_argument("--stop-after", type=V.count, default=None, help="stop this call after N iterations (checkpointing first)")
     g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
+    add_memory_args(p, offload=None, vae=False, checkpointing="recompute eps_B activations in backward (exact; less memory, more time)")
     add_common_args(p, model_default=DEFAULT_DIFFAE, model_help="DiffAE FFHQ-256 autoencoder: official last.ckpt or a saved folder",
                     output_help="run folder (from prepare)")
     p.set_defaults(func=run_train)
@@ -228,7 +228,8 @@ def run_train(args) -> int:
         spn_time_input=args.spn_time_input, spn_weight=args.spn_weight, style_spn_weight=args.style_spn_weight,
         zero_init_spn=args.zero_init_spn, latent_steps=args.latent_steps, content_steps=args.content_steps,
         clamp=args.clamp, dropout=args.dropout, clip_recon=args.clip_recon, seed=args.seed,
-        autocast=None if args.autocast == "off" else args.autocast, gradient_checkpointing=args.gradient_checkpointing,
+        autocast=None if args.autocast == "off" else args.autocast,
+        gradient_checkpointing=memory_savers(args).gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, keep_checkpoints=args.keep_checkpoints,
         weights=LossWeights(cross=args.cross_weight, in_domain=args.in_weight, recon_l1=args.l1_weight,
                             recon_lpips=args.lpips_weight, recon_clip=args.clip_weight))
@@ -316,6 +317,7 @@ def _register_apply(steps) -> None:
     g.add_argument("--clip-preprocess", choices=("official", "proper"), default="proper",
                    help="CLIP input preprocessing of the text edit: bicubic + CLIP mean/std (proper; text directions need "
                         "normalised inputs) or the official image-loss preprocessing (nearest resize, no normalisation)")
+    add_memory_args(p, vae=False, checkpointing="recompute eps_B activations in the manipulation's backward (exact; less memory)")
     add_common_args(p, model_default=None, model_help="DiffAE autoencoder (default: the one the run was trained from)",
                     output_help="output folder")
     p.set_defaults(func=run_apply)
@@ -339,17 +341,19 @@ def run_apply(args) -> int:
     if len(set(planned)) != len(planned):
         raise InputError("two inputs share a file stem; their outputs would collide")
     device, dtype = _device_dtype(args)
+    savers = memory_savers(args)
+    load_device = "cpu" if savers.offload != "none" else device  # offload hooks move the weights themselves
     if args.run:
-        pipe = cached_model(("OSASIS-run", args.run, args.model, str(device), args.dtype),
-                            lambda: OSASISPipeline.from_pretrained(args.run, diffae=args.model).to(device))
+        pipe = cached_model(("OSASIS-run", args.run, args.model, str(device), args.dtype, savers),
+                            lambda: OSASISPipeline.from_pretrained(args.run, diffae=args.model).to(load_device))
         meta = json.loads((Path(args.run) / "osasis.json").read_text())  # loading has refused a damaged one
         plan = args.plan or meta.get("train", {}).get("plan", "official")
     else:
         if not args.style or not args.model:
             raise InputError("--checkpoint needs --style (the artwork it was trained on) and --model (the DiffAE checkpoint)")
-        pipe = cached_model(("OSASIS-official", args.checkpoint, args.model, args.style, str(device), args.dtype),
+        pipe = cached_model(("OSASIS-official", args.checkpoint, args.model, args.style, str(device), args.dtype, savers),
                             lambda: OSASISPipeline.from_official(args.checkpoint, diffae=args.model,
-                                                                 style_image=args.style).to(device))
+                                                                 style_image=args.style).to(load_device))
         plan = args.plan or "official"
     style = args.style or pipe.style_image
     settings = StylizeSettings(t0_ratio=args.t0_ratio, encode_steps=args.encode_steps, decode_steps=args.decode_steps,
@@ -367,6 +371,7 @@ def run_apply(args) -> int:
         for m in (pipe.unet_a, pipe.unet_b, pipe.spn):
             if m is not None:
                 m.to(dtype)
+    pipe.enable_memory_savers(**memory_options(args), device=device)
     from tqdm.auto import tqdm
 
     images = pipe([str(p) for p in inputs], style, settings, edit_source=args.edit_source, edit_target=args.edit_target,

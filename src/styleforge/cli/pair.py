@@ -6,7 +6,7 @@ import argparse
 from argparse import BooleanOptionalAction
 
 from .. import validation as V
-from .common import HelpFormatter, add_common_args, add_subcommand
+from .common import HelpFormatter, add_common_args, add_memory_args, add_subcommand, memory_savers
 
 
 def _int_list(value: str) -> tuple[int, ...]:
@@ -67,7 +67,6 @@ def _register_train(actions) -> None:
                         "gradient accumulation 4, which for Adam equals eps x 4)")
     g.add_argument("--max-grad-norm", type=V.optional_positive, default=None, help="gradient clipping (official: none)")
     g.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto", help="frozen weights in half precision, LoRA in fp32 (auto: fp16 on CUDA)")
-    g.add_argument("--gradient-checkpointing", action=BooleanOptionalAction, default=False, help="recompute UNet activations (less memory, slower)")
     g = p.add_argument_group("data")
     g.add_argument("--resolution", type=V.side, default=512, help="training crop size")
     g.add_argument("--center-crop", action=BooleanOptionalAction, default=True, help="centre crop (--no-center-crop: random crop, as the official code)")
@@ -83,6 +82,8 @@ def _register_train(actions) -> None:
     g.add_argument("--validation-guidance-scale", type=V.finite, default=7.5, help="CFG of the validation images")
     g.add_argument("--save-content", action=BooleanOptionalAction, default=False, help="also export the content adapter (STYLE_DIR/content/, a style folder of its own)")
     g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
+    add_memory_args(p, offload=("none", "model"), vae=False,
+                    checkpointing="recompute UNet activations in backward (exact; less memory, slower)")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="style folder to write (style.safetensors, style.json, checkpoints/)")
     p.set_defaults(func=run_train)
 
@@ -125,6 +126,7 @@ def _register_apply(actions) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--save-base", action=BooleanOptionalAction, default=False, help="also write STEM.base.png: the unstyled image from the same seed")
     g.add_argument("--cache", action=BooleanOptionalAction, default=True, help="read and write the inversion cache (--image; --no-cache: neither)")
+    add_memory_args(p)
     add_common_args(p, model_default=None, model_help="base model (default: the one the first style was trained on)")
     p.set_defaults(func=run_apply)
 
@@ -158,7 +160,7 @@ def run_train(args) -> int:
         center_crop=False if args.parity_mode else args.center_crop,
         flip_probability=1.0 if args.parity_mode else args.flip_probability, vae_sample=args.vae_sample,
         seed=args.seed if args.seed is not None else 0, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
+        gradient_checkpointing=memory_savers(args).gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints or None, validation_iterations=tuple(args.validate_at),
         validation_steps=args.validation_steps, validation_guidance_scale=args.validation_guidance_scale,
         save_content=args.save_content)

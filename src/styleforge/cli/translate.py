@@ -6,7 +6,7 @@ import argparse
 from argparse import BooleanOptionalAction
 
 from .. import validation as V
-from .common import add_common_args, add_size_args, add_subcommand
+from .common import add_common_args, add_memory_args, add_size_args, add_subcommand
 
 
 def _add_edit_args(p: argparse.ArgumentParser, *, with_direction: bool) -> None:
@@ -76,6 +76,7 @@ def register(sub) -> None:
     g.add_argument("--save-reconstruction", action=BooleanOptionalAction, default=False, help="also write <stem>.recon.png (the reference trajectory)")
     g.add_argument("--save-direction", metavar="FILE", help="also write the edit direction (.safetensors or .pt)")
     g.add_argument("--save-log", metavar="FILE", help="also write the per-step losses and gradient norms (JSON)")
+    add_memory_args(p, checkpointing="recompute the UNet's activations in the guided steps' backward (exact; less memory, slower)")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL)
     p.set_defaults(func=run)
 
@@ -146,8 +147,7 @@ def run(args) -> int:
     pipe = load_pipeline(Pix2PixZeroConPipeline, args)
     edit = _edit_kwargs(args)
     result = pipe(args.image, direction=args.direction, edit_multiplier=args.edit_multiplier, caption=caption,
-                  inverted_latent=inverted,
-                  captioner=None if args.captioner == "none" else args.captioner, num_inference_steps=args.steps,
+                  inverted_latent=inverted, captioner=_captioner(args, pipe), num_inference_steps=args.steps,
                   guidance_lr=args.xa_guidance, lambda_xa=args.xa_weight, lambda_cut=args.contrastive_weight,
                   cfg_scale=args.cfg_scale, negative_prompt=args.negative_prompt, guidance_mode=args.guidance_mode,
                   update_latent_before_step=args.update_latent_before_step, guided_step_range=args.guided_steps,
@@ -177,6 +177,17 @@ def run(args) -> int:
             tmp.write_text(json.dumps(result.log, indent=1))
         print(f"wrote {log_out}")
     return 0
+
+
+def _captioner(args, pipe):
+    """BLIP, kept loaded between commands of one process like the pipeline (batch, web); None: never caption."""
+    if args.captioner == "none":
+        return None
+    from ..pix2pix_zerocon.captioning import DEFAULT_CAPTIONER, BlipCaptioner
+    from .common import cached_model
+
+    name = DEFAULT_CAPTIONER if args.captioner == "auto" else args.captioner
+    return cached_model(("BlipCaptioner", name, str(pipe.unet.device)), lambda: BlipCaptioner(name, device=pipe.unet.device))
 
 
 def run_direction(args) -> int:

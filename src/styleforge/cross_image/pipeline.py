@@ -123,8 +123,10 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         code's ``cross_attn_64_range`` (layers at the latent's own resolution on SD 1.x), ``swap_range_half`` its
         ``cross_attn_32_range``; ranges count post-skip iterations. ``guidance_rows="output"`` runs the plain pass
         for the OUT row only (exact, 4 instead of 6 UNet rows per guided step); ``"all"`` is the naive schedule.
-        Lists (or batched tensors) of images run one transfer per pair. ``callback_on_step_end`` receives
-        ``latents`` (rows [OUT, APP, STRUCT]) after each iteration and may return replacements.
+        ``attention_chunk_size`` computes the swapped maps in query chunks (default: the pipeline's memory savers,
+        see :meth:`enable_memory_savers`). Lists (or batched tensors) of images run one transfer per pair.
+        ``callback_on_step_end`` receives ``latents`` (rows [OUT, APP, STRUCT]) after each iteration and may return
+        replacements.
 
         Randomness as in the official code: the inversions' noise maps come from ``generator``, or from one seeded
         with ``seed`` on the GPU when the UNet is on one (the official code draws from the global CUDA generator)
@@ -159,7 +161,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             raise InputError(f"swap_guidance_schedule must be one of {GUIDANCE_SCHEDULES}")
         if guidance_rows not in ("output", "all"):
             raise InputError("guidance_rows must be 'output' or 'all'")
-        device = self.unet.device
+        device = self._execution_device
 
         # self-segmentation clusters square attention grids: without both masks the structure is cropped square
         self_segments = adain == "masked" and (structure_mask is None or appearance_mask is None)
@@ -199,7 +201,9 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             noise = torch.stack([zs_s, zs_a, zs_s], dim=1).to(device, torch.float32)  # (N, 3, C, h, w)
 
             # 3. attention hooks at the two finest decoder self-attention resolutions
-            controller = AttentionController(self.unet)
+            if attention_chunk_size is None:
+                attention_chunk_size = self.memory_savers.attention_chunk_size
+            controller = AttentionController(self.unet, chunk_size=attention_chunk_size)
             factors = finest_factors(controller.layers, "up", "self", 2)
             if len(factors) < 2:
                 raise InputError("this UNet has fewer than two decoder self-attention resolutions")
@@ -323,18 +327,18 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         return inv
 
     def _user_masks(self, structure_mask, appearance_mask, hw) -> dict:
-        load = lambda m, name: None if m is None else load_mask(m, size=hw, name=name).to(self.unet.device)  # noqa: E731
+        load = lambda m, name: None if m is None else load_mask(m, size=hw, name=name).to(self._execution_device)  # noqa: E731
         return {"structure": load(structure_mask, "structure mask"), "appearance": load(appearance_mask, "appearance mask")}
 
     def _segment(self, capture, token_span, masks, num_segments, seed, hw) -> dict:
         if not token_span:
             warnings.warn("the object noun was not found in the prompt; self-segmentation gives empty masks", stacklevel=3)
-            empty = torch.zeros(1, 1, *hw, device=self.unet.device)
+            empty = torch.zeros(1, 1, *hw, device=self._execution_device)
             return {"structure": masks["structure"] if masks["structure"] is not None else empty,
                     "appearance": masks["appearance"] if masks["appearance"] is not None else empty}
         app_mask, struct_mask = masks_from_capture(capture, token_span, num_segments=num_segments, seed=seed)
-        return {"structure": masks["structure"] if masks["structure"] is not None else resize_mask(struct_mask, hw).to(self.unet.device),
-                "appearance": masks["appearance"] if masks["appearance"] is not None else resize_mask(app_mask, hw).to(self.unet.device)}
+        return {"structure": masks["structure"] if masks["structure"] is not None else resize_mask(struct_mask, hw).to(self._execution_device),
+                "appearance": masks["appearance"] if masks["appearance"] is not None else resize_mask(app_mask, hw).to(self._execution_device)}
 
     @staticmethod
     def _adain(latents, masks, fallback) -> torch.Tensor:

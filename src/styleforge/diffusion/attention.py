@@ -118,7 +118,8 @@ class AttentionCall:
                 p = fn(p)
             return p
 
-        return explicit_attention(self.query, self.key, self.value, self.scale, mask=self.attention_mask, probs_fn=apply)
+        return explicit_attention(self.query, self.key, self.value, self.scale, mask=self.attention_mask, probs_fn=apply,
+                                  chunk_size=self.controller.chunk_size)
 
     def probs(self) -> torch.Tensor:
         """The post-softmax map (B, heads, Nq, Nk) for the current query and key."""
@@ -235,11 +236,14 @@ class AttentionController:
     other layer keeps the processor it had (attention slicing, SDPA variants, xformers, a user's own), and the
     controlled ones run their previous processor whenever no hook picks them. ``state`` is a free-form dict that
     a method's loop and its hooks share (step index, which pass is running), since diffusers drops unknown
-    ``cross_attention_kwargs``.
+    ``cross_attention_kwargs``. ``chunk_size`` computes explicit maps in query chunks of that many rows (the memory
+    saver ``attention_chunk_size``).
     """
 
-    def __init__(self, unet):
+    def __init__(self, unet, chunk_size: int | None = None):
         self.unet = unet
+        #: query rows per explicitly computed map (edited maps, hooks that ask): bounds their memory, exact
+        self.chunk_size = chunk_size
         self.layers = attention_layers(unet)
         self.hooks: list = []
         self.state: dict = {}

@@ -19,6 +19,7 @@ from ..errors import InputError, ModelNotFoundError
 from ..io import ImageLike, aspect_size, center_crop_resize, crop_pixels, load_image, pil_to_tensor, tensor_to_pil
 from ..loading import DEFAULT_SD1_MODEL, DEFAULT_SDXL_MODEL, resolve_model_folder  # noqa: F401 (re-exported)
 from .convention import diffusers_dtype_keyword, loading_keywords, move_to
+from .memory import MemorySavers, apply_memory_savers, check_finite
 from .prompts import Conditioning, PromptEncoder
 
 SD1, SDXL = "sd1", "sdxl"
@@ -70,6 +71,29 @@ class StyleforgePipeline(DiffusionPipeline):
         pipe._weights_folder = str(folder)
         return move_to(pipe, device)
 
+    # ------------------------------------------------------------------------------------------- memory
+
+    def enable_memory_savers(self, *, low_memory: bool = False, offload: str | None = None,
+                             vae_slicing: bool | None = None, vae_tiling: bool | None = None,
+                             vae_tile_size: int | None = None, attention_chunk_size: int | None = None,
+                             gradient_checkpointing: bool | None = None,
+                             device: torch.device | str | None = None) -> MemorySavers:
+        """Install memory savers (see :mod:`styleforge.diffusion.memory`); ``low_memory`` picks the 8 GB set.
+
+        Offload and the VAE settings are installed now (``device``: the accelerator the offload hooks execute on,
+        default the current one); the attention chunk and gradient checkpointing become this pipeline's defaults
+        for the calls that use them (a call's own keyword wins).
+        """
+        savers = MemorySavers.from_options(low_memory=low_memory, offload=offload, vae_slicing=vae_slicing,
+                                           vae_tiling=vae_tiling, vae_tile_size=vae_tile_size,
+                                           attention_chunk_size=attention_chunk_size,
+                                           gradient_checkpointing=gradient_checkpointing)
+        return apply_memory_savers(self, savers, device)
+
+    @property
+    def memory_savers(self) -> MemorySavers:
+        return getattr(self, "_memory_savers", None) or MemorySavers()
+
     @property
     def model_id(self) -> str:
         return str(getattr(self.config, "_name_or_path", "") or "components")
@@ -117,7 +141,7 @@ class StyleforgePipeline(DiffusionPipeline):
 
     def encode_prompt(self, prompt: str | list[str], *, negative: bool = False, height: int | None = None,
                       width: int | None = None) -> Conditioning:
-        cond = self.prompt_encoder(prompt, negative=negative).to(self.unet.device, self.unet.dtype)
+        cond = self.prompt_encoder(prompt, negative=negative).to(self._execution_device, self.unet.dtype)
         if self.family == SDXL:
             size = self.default_resolution
             cond = cond.with_size(height or size, width or size)
@@ -177,18 +201,17 @@ class StyleforgePipeline(DiffusionPipeline):
         """Images in [-1, 1] to scaled latents (posterior mode by default, as the methods' official code does)."""
         dtype = self._vae_dtype()
         vae = self.vae.to(dtype) if dtype != self.vae.dtype else self.vae
-        dist = vae.encode(images.to(vae.device, dtype)).latent_dist
+        dist = vae.encode(images.to(self._execution_device, dtype)).latent_dist
         latents = dist.sample(generator) if sample else dist.mode()
         return (latents * vae.config.scaling_factor).to(self.unet.dtype)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents to images in [-1, 1]; NaNs (fp16 overflow) are refused with advice, never saved as black."""
-        if not torch.isfinite(latents).all():
-            raise InputError("the latents contain NaN or infinite values (often fp16 overflow): try --dtype fp32 or bf16")
+        check_finite(latents, "the latents")
         dtype = self._vae_dtype()
         vae = self.vae.to(dtype) if dtype != self.vae.dtype else self.vae
-        return vae.decode(latents.to(vae.device, dtype) / vae.config.scaling_factor).sample.float()
+        return vae.decode(latents.to(self._execution_device, dtype) / vae.config.scaling_factor).sample.float()
 
     def to_pil(self, images: torch.Tensor):
         return tensor_to_pil(images)
@@ -280,7 +303,7 @@ class InversionPipeline(StyleforgePipeline):
             if cache is not None:
                 cache.put(inv)
         x, timesteps, noise = inv.start(0)
-        x = x[None].to(self.unet.device, self.unet.dtype)
+        x = x[None].to(self._execution_device, self.unet.dtype)
         if kind == DDIM:
             x0 = ddim_sample(eps_fn, x, self.ddim_scheduler, timesteps, num_inference_steps, progress=self.progress_bar)
         else:

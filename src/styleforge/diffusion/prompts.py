@@ -73,7 +73,9 @@ class PromptEncoder:
 
     @property
     def device(self) -> torch.device:
-        return self.text_encoders[0].device
+        from .memory import execution_device  # offload hooks leave the weights elsewhere
+
+        return execution_device(self.text_encoders[0])
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], *, negative: bool = False) -> Conditioning:

@@ -108,16 +108,30 @@ def edit_friendly_sample(eps_fn: EpsFn, x: torch.Tensor, scheduler, timesteps: t
 
 
 @contextlib.contextmanager
-def count_unet_calls(unet) -> Iterator[dict]:
-    """Counts UNet forward calls and the latent rows they processed: ``{"calls": n, "rows": m}``."""
+def count_unet_calls(unet=None) -> Iterator[dict]:
+    """Counts UNet forward calls and the latent rows they processed: ``{"calls": n, "rows": m}``.
+
+    ``unet=None`` counts every diffusers ``UNet2DConditionModel`` of the process, also ones loaded inside the
+    block (the batch runner counts whole commands this way).
+    """
     counts = {"calls": 0, "rows": 0}
 
-    def hook(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
+    def count(sample):
         counts["calls"] += 1
         counts["rows"] += sample.shape[0]
 
-    handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
+    if unet is not None:
+        handle = unet.register_forward_pre_hook(lambda m, args, kwargs: count(args[0] if args else kwargs["sample"]),
+                                                with_kwargs=True)
+    else:
+        from diffusers import UNet2DConditionModel
+        from torch.nn.modules.module import register_module_forward_hook
+
+        def hook(module, args, kwargs, output):
+            if isinstance(module, UNet2DConditionModel):
+                count(args[0] if args else kwargs["sample"])
+
+        handle = register_module_forward_hook(hook, with_kwargs=True)
     try:
         yield counts
     finally:

@@ -319,7 +319,8 @@ class DiffAEAutoencoder(ModelMixin, ConfigMixin):
             style, styled = content, set()
         else:
             style, styled = (style_cond.expand(b, -1) if style_cond.shape[0] == 1 else style_cond), set(styled_levels)
-        run = self._checkpointed if self.gradient_checkpointing and self.training and torch.is_grad_enabled() else _call
+        # training, and any pass that backpropagates (text-driven manipulation), may recompute
+        run = self._checkpointed if self.gradient_checkpointing and torch.is_grad_enabled() else _call
         skips: list[list[torch.Tensor]] = [[] for _ in range(self.num_levels)]
         h = x
         for blk, level in zip(self.input_blocks, self.input_levels):

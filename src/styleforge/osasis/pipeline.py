@@ -23,6 +23,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from ..diffusion.convention import StepEnd, as_items, check_output_type, deprecated, loading_keywords, move_to, postprocess
+from ..diffusion.memory import MemorySavers, check_finite, execution_device, offload_modules
 from ..errors import InputError, ModelNotFoundError
 from ..io import ImageLike, load_image, pil_to_tensor
 from .core import encode_to_t0, spn_decode_step
@@ -180,9 +181,49 @@ class OSASISPipeline(DiffusionPipeline):
             spn = strict_load(spn_cls(), obj["model_map"], what=f"{checkpoint} (model_map)").eval()
         return move_to(cls(unet_a, unet_b, spn, style_image=style_image, spn_time_input="grid_index", **kw), device)
 
+    def enable_memory_savers(self, *, low_memory: bool = False, offload: str | None = None,
+                             gradient_checkpointing: bool | None = None,
+                             device: torch.device | str | None = None, **not_applicable) -> MemorySavers:
+        """The toolkit's memory savers where they apply to a pixel-space DiffAE (no VAE, 256-token attention).
+
+        ``offload="model"``: eps_A and eps_B take turns on ``device`` (the SPN, CLIP and latent net stay there);
+        ``"sequential"``: every layer streamed from the CPU. ``gradient_checkpointing``: eps_B's activations are
+        recomputed in the backward of text-driven manipulation. ``low_memory``: model offload + checkpointing.
+        """
+        asked = [k for k, v in not_applicable.items() if v]
+        if asked:
+            raise InputError(f"OSASIS has no {', '.join(asked)} (a pixel-space model without a VAE or long attention)")
+        savers = MemorySavers.from_options(low_memory=low_memory, offload=offload,
+                                           gradient_checkpointing=gradient_checkpointing)
+        device = torch.device(device) if device is not None else self.device
+        self._offload_hooks = []
+        if savers.offload != "none":
+            # the semantic encoder runs outside eps_A's forward, so model offload hooks it on its own, first
+            chain = {"unet_a": self.unet_a, "unet_b": self.unet_b}
+            if savers.offload == "model":
+                chain = {"encoder": self.unet_a.encoder, **chain}
+            self._offload_hooks = offload_modules(chain, savers.offload, device)
+            rest = {"spn": self.spn, "latent_net": self.latent_net, "clip": self.clip}
+            if savers.offload == "sequential":
+                offload_modules(rest, "sequential", device)
+            else:
+                for m in rest.values():
+                    if m is not None:
+                        m.to(device)
+        self.unet_b.gradient_checkpointing = savers.gradient_checkpointing
+        self.memory_savers = savers
+        return savers
+
+    def _offload_all(self) -> None:
+        for hook in getattr(self, "_offload_hooks", []):
+            hook.offload()
+
+    @property
+    def device(self) -> torch.device:
+        return execution_device(self.unet_a)
+
     def _images(self, images, name: str) -> torch.Tensor:
-        p = next(self.unet_a.parameters())
-        return images_to_tensor(images, self.image_size, name).to(device=p.device, dtype=p.dtype)
+        return images_to_tensor(images, self.image_size, name).to(device=self.device, dtype=self.unet_a.dtype)
 
     # -- stage 2 -------------------------------------------------------------------------------------------
 
@@ -220,13 +261,15 @@ class OSASISPipeline(DiffusionPipeline):
         z_style = self.semantic_codes(self._images(style, "style image"))  # one code, broadcast over the batch
         outs = []
         for i in range(0, photos.shape[0], s.batch_size):
+            self._offload_all()  # with model offload: eps_B leaves the accelerator before eps_A encodes the batch
             batch = photos[i:i + s.batch_size]
             z_in = self.semantic_codes(batch)
             x_t0 = encode_to_t0(self.unet_a, batch, z_in, plan, self.schedule, clamp=s.clamp)
             z_content = z_in if content_codes is None else content_codes[i:i + s.batch_size].to(z_in)
             outs.append(self.decode(x_t0, batch, s.spn_weight, plan, clamp=s.clamp, progress=progress,
                                     step_end=step_end, **self._mixing(z_content, z_style, s)))
-        return torch.cat(outs)
+        self._offload_all()
+        return check_finite(torch.cat(outs), "the stylized images")
 
     # -- text-driven manipulation (variant a) -----------------------------------------------------------------
 

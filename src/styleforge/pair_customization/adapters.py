@@ -124,7 +124,9 @@ class UNetAdapters(nn.Module):
         self.layers = nn.ModuleList(LayerAdapters(m.in_features, m.out_features) for m in found.values())
         self._state = _ActiveState({}, frozenset())
         self._handles = [mod.register_forward_hook(self._hook(i)) for i, mod in enumerate(found.values())]
-        self._init_device = next(unet.parameters()).device
+        from ..diffusion.memory import execution_device
+
+        self._init_device = execution_device(unet)  # not the weights' device: offload leaves them on the CPU or meta
 
     # ------------------------------------------------------------------------------------------- hooks
 

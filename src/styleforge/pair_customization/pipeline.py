@@ -299,7 +299,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
                     height=(height, V.optional_side), width=(width, V.optional_side))
         if not self.styles and styles is None:
             raise InputError("no style loaded: call load_style(path) first")
-        device = self.unet.device
+        device = self._execution_device
         if self.adapters is not None:  # the adapters are not UNet submodules: follow a later pipe.to(device)
             self.adapters.to(device)
         if image is not None:
@@ -410,8 +410,8 @@ class PairCustomizationPipeline(StyleforgePipeline):
         state = self.prepare_guidance(prompt, styles=styles, style_scale=style_scale, guidance_scale=guidance_scale,
                                       negative_prompt=negative_prompt, lora_scale=lora_scale, height=h, width=w,
                                       mode=mode)
-        stepper = _DDIMGridStepper(self.ddim_scheduler, inv.timesteps.to(self.unet.device), steps)
-        latents = inv.latents[:1].to(self.unet.device, torch.float32)
+        stepper = _DDIMGridStepper(self.ddim_scheduler, inv.timesteps.to(self._execution_device), steps)
+        latents = inv.latents[:1].to(self._execution_device, torch.float32)
         lock = _locked_steps(stepper.timesteps, style_start_step, style_start_timestep)
         return self._run(state, latents, stepper, lock, return_base, output_type, callback)
 

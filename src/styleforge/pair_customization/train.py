@@ -164,7 +164,7 @@ class PairCustomizationTrainer:
         config = dataclasses.replace(config or PairCustomizationConfig(), **overrides)
         config.validate()
         self.pipe, self.config = pipe, config
-        self.device = pipe.unet.device
+        self.device = pipe._execution_device  # where offload hooks run the models (their weights may rest on the CPU)
         self.amp_dtype = self._amp_dtype()
         self.iteration = 0
         self.history: list[dict] = []
@@ -173,7 +173,7 @@ class PairCustomizationTrainer:
         self.adapters: UNetAdapters = attach_pair_adapters(
             pipe.unet, content_rank=config.content_rank, style_rank=config.style_rank, content_alpha=config.content_alpha,
             style_alpha=config.style_alpha, targets=config.targets, basis_seed=config.basis_seed,
-            orthogonal=config.orthogonal, seed=config.seed)
+            orthogonal=config.orthogonal, seed=config.seed).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.adapters.trainable_parameters(CONTENT) + self.adapters.trainable_parameters(STYLE), lr=config.lr,
             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps, weight_decay=config.weight_decay)
@@ -265,7 +265,7 @@ class PairCustomizationTrainer:
     @torch.no_grad()
     def _encode_posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         vae = self.pipe.vae
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 
     def draw_batch(self) -> PairBatch:

@@ -65,6 +65,9 @@ class GuidanceProbe:
         self.loss_xa: torch.Tensor | None = None
         self.loss_cut: torch.Tensor | None = None
         self._handles = []
+        #: read reference entries without popping them: gradient checkpointing replays the compared forward in
+        #: backward, and the replay must find (and do) exactly what the first pass did
+        self.keep_reference = False
         self.cross_selector = LayerSelector(kinds=("cross",)) if record_maps else None
         self.feature_selector = None
         self.feature_layers: list[str] = []
@@ -99,6 +102,9 @@ class GuidanceProbe:
         self.mode, self.record_to, self.reference = OFF, None, None
         return self
 
+    def _take(self, entries: dict, key):
+        return entries[key] if self.keep_reference else entries.pop(key)
+
     def close(self) -> None:
         for h in self._handles:
             h.remove()
@@ -113,7 +119,7 @@ class GuidanceProbe:
         if self.mode == RECORD:
             self.record_to.maps[name] = probs.detach().to(self.store_device or probs.device)
         elif self.mode == COMPARE:
-            ref = self.reference.maps.pop(name)[self.rows]
+            ref = self._take(self.reference.maps, name)[self.rows]
             term = cross_attention_loss(probs, ref)
             self.loss_xa = term if self.loss_xa is None else self.loss_xa + term
 
@@ -147,7 +153,7 @@ class GuidanceProbe:
                 rows = pooled[:, ids.to(pooled.device)].detach().to(self.store_device or pooled.device)
                 self.record_to.patches[key] = (ids, rows)
             else:
-                ids, query = self.reference.patches.pop(key)
+                ids, query = self._take(self.reference.patches, key)
                 term = patch_nce_loss(query[self.rows].to(pooled.device), pooled[:, ids.to(pooled.device)], self.nce.tau)
                 self.loss_cut = term if self.loss_cut is None else self.loss_cut + term
 

@@ -48,6 +48,7 @@ from ..diffusion.attention import AttentionController
 from ..diffusion.convention import (StepEnd, call_per_item, check_output_type, generator_for, is_batch, per_image,
                                     postprocess)
 from ..diffusion.inversion import ddim_invert
+from ..diffusion.memory import gradient_checkpointing
 from ..diffusion.pipeline import SD1, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
 from ..diffusion.sampling import alpha_pair, ddim_step, noise_predictor, step_ratio, timesteps_for
@@ -139,6 +140,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         seed: int | None = None,
         reference_mode: str = "interleaved",
         offload_reference: bool = False,
+        gradient_checkpointing: bool | None = None,
         return_log: bool = False,
         callback: Callable[[int, int, dict], None] | None = None,
         output_type: str = "pil",
@@ -155,7 +157,9 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         except ``vae_sample=False``: the posterior mode, deterministic, where the official code samples (unseeded). ``reference_mode="interleaved"`` runs each
         reference step just before the guided step that needs it (one step of maps in memory);
         ``"stored"`` runs the whole reference pass first (optionally keeping its records on the CPU with
-        ``offload_reference``); both give identical results. ``inverted_latent`` reuses an x_T from an earlier call
+        ``offload_reference``); both give identical results. ``gradient_checkpointing`` recomputes the UNet's
+        activations in the guided steps' backward (same result, less memory; default: the pipeline's memory
+        savers). ``inverted_latent`` reuses an x_T from an earlier call
         (``output.inverted_latent``, same caption and steps). ``callback_on_step_end(pipe, step, t, kwargs)`` is
         called after every edit step with the requested ``latents`` (the edited latent) and ``reference_latents``,
         and may return replacements. The deprecated ``callback(step, t, info)`` gets the log entry plus ``latent``,
@@ -201,7 +205,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         pixels = self.preprocess(pil, self.working_size(pil.size, size), resample=Image.LANCZOS)  # as the official CLI
         if caption is None and source_prompt is not None:
             caption = source_prompt  # a prompt edit describes the input with its source prompt
-        caption = resolve_caption(pil, caption, captioner, device=self.unet.device)
+        caption = resolve_caption(pil, caption, captioner, device=self._execution_device)
         cond = self.encode_prompt(caption)
 
         # 2. edit direction (Eq. 12) and the edited embedding c_hat = c + w delta_c, on the conditional branch only
@@ -233,7 +237,9 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
                                lambda_cut=float(lambda_cut), mode=guidance_mode,
                                update_latent_before_step=update_latent_before_step, step_range=(start, end),
                                cut_layers=cut_layers, nce=nce, generator=patch_generator, log=return_log,
-                               step_end=step_end, store_device="cpu" if offload_reference else None)
+                               step_end=step_end, store_device="cpu" if offload_reference else None,
+                               gradient_checkpointing=self.memory_savers.gradient_checkpointing
+                               if gradient_checkpointing is None else bool(gradient_checkpointing))
         edited_latent, reference_latent, log = sampler.run(x_T, num_inference_steps, reference_mode)
 
         params = dict(caption=caption, edit=delta.info(), edit_multiplier=edit_multiplier,
@@ -351,7 +357,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
                     pixels.shape[-1] // self.vae_scale_factor)
         if tuple(latent.shape) != expected:
             raise InputError(f"the inverted latent has shape {tuple(latent.shape)}, expected {expected} for this image size")
-        return latent.to(self.unet.device, self.unet.dtype)
+        return latent.to(self._execution_device, self.unet.dtype)
 
     def _output(self, latents: torch.Tensor, output_type: str):
         return latents if output_type == "latent" else postprocess(self.decode_latents(latents), output_type)
@@ -398,7 +404,7 @@ class _EditSampler:
 
     def __init__(self, pipe: Pix2PixZeroConPipeline, *, cond, edited, negative, cfg_scale, guidance_lr, lambda_xa,
                  lambda_cut, mode, update_latent_before_step, step_range, cut_layers, nce, generator, log, step_end,
-                 store_device):
+                 store_device, gradient_checkpointing=False):
         self.pipe, self.unet, self.scheduler = pipe, pipe.unet, pipe.ddim_scheduler  # any SD scheduler config, sampled on the DDIM grid
         self.cond, self.edited, self.negative = cond, edited, negative
         self.cfg_scale, self.use_cfg = cfg_scale, cfg_scale > 1.0
@@ -406,6 +412,7 @@ class _EditSampler:
         self.mode, self.update_before = mode, update_latent_before_step
         self.step_range, self.cut_layers, self.nce = step_range, cut_layers, nce
         self.generator, self.want_log, self.step_end, self.store_device = generator, log, step_end, store_device
+        self.checkpointing = gradient_checkpointing
         # no gradient at all when it would be multiplied by zero (spec §3.9: avoids 0 * NaN and the work)
         self.guiding = guidance_lr > 0 and (lambda_xa > 0 or lambda_cut > 0)
 
@@ -435,6 +442,7 @@ class _EditSampler:
             probe = GuidanceProbe(controller, record_maps=self.lambda_xa > 0,
                                   cut_layers=self.cut_layers if self.lambda_cut > 0 else None, nce=self.nce,
                                   latent_hw=latent_hw, generator=self.generator, store_device=self.store_device)
+            probe.keep_reference = self.checkpointing
         log = [] if self.want_log else None
         x_ref, x_edit = x_T, x_T
         # gradients flow to the latent only: frozen weights keep autograd from saving what their gradients would need
@@ -494,11 +502,11 @@ class _EditSampler:
         else:  # Alg. 1: one latent under c_hat, compared with the conditional reference half
             X, embeds, rows = x, self.edited.embeds, [1 if self.use_cfg else 0]
         X = X.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), gradient_checkpointing(self.unet, self.checkpointing):
             probe.compare(reference, rows)
             self._unet(X, t, embeds)
+            grad, entry_losses = self._gradient(X, probe)  # a checkpointed backward replays the compared forward
             probe.off()
-            grad, entry_losses = self._gradient(X, probe)
         entry.update(entry_losses)
         X_new = (X - self.lr * grad).detach()  # Eq. 18: one SGD step of rate lambda per timestep
         with torch.no_grad():

@@ -431,6 +431,8 @@ class RegionStylizer(DiffusionPipeline):
         import numpy as np
         from PIL import Image
 
+        from ..io import check_finite
+
         current = np.array(full)
         width, height = full.size
         w, h = working
@@ -442,6 +444,7 @@ class RegionStylizer(DiffusionPipeline):
             mask_w = self.prepare_mask(mask, w, h) if mask is not None else None
             pasting = paste_back and mask is not None
             y = edit(self.encoder, self.generator, x, style_t, mask_w, strength, margin if pasting else 0, **region_kwargs)
+            check_finite(y)  # the lift would carry NaNs into the photo as black pixels
             # the global colour prior is fitted where the result will be used: the restyled region when pasting back
             fit_weight = dilate_mask(mask_w, margin)[0, 0].cpu() if pasting else None
             weight = self.paste_weight(mask, width, height, feather * height / h) if pasting else None

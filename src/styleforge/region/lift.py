@@ -77,7 +77,8 @@ def fit_coefficients(guide: torch.Tensor, target: torch.Tensor, radius: int = DE
     if guide.shape != target.shape or guide.ndim != 3 or guide.shape[0] != 3:
         raise InputError(f"guide and target must both be (3, h, w); got {tuple(guide.shape)} and {tuple(target.shape)}")
     _, h, w = guide.shape
-    g, t = gaussian_blur(torch.stack([guide.double(), target.double()]), sigma)
+    # the blur runs in float32 (CPU convolutions in float64 are ~6x slower); the statistics below need float64
+    g, t = gaussian_blur(torch.stack([guide.float(), target.float()]), sigma).double()
     mean_g, mean_t = box_mean(g, radius), box_mean(t, radius)
     cov_gg = box_mean((g[:, None] * g[None]).reshape(9, h, w), radius).reshape(3, 3, h, w) - mean_g[:, None] * mean_g[None]
     cov_tg = box_mean((t[:, None] * g[None]).reshape(9, h, w), radius).reshape(3, 3, h, w) - mean_t[:, None] * mean_g[None]
