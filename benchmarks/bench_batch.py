@@ -96,7 +96,7 @@ def bench_forward(args) -> dict:
     from styleforge.region.inference import RegionStylizer, apply_edits
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    stylizer = RegionStylizer.from_pretrained(None, device="cpu")
+    stylizer = RegionStylizer.from_pretrained(None).to("cpu")
     gen = torch.Generator().manual_seed(0)
     b = args.batch
     content = torch.rand(b, 3, 256, 320, generator=gen) * 2 - 1

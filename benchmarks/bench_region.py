@@ -257,7 +257,7 @@ def bench_synthetic(iterations: int, device, overrides: dict, model: str | None 
 def bench_bundled(heldout: Path, model: str | None, device) -> dict:
     from styleforge.io import center_crop_resize, load_image, pil_to_tensor
 
-    stylizer = inf.RegionStylizer.from_pretrained(model, device=device)
+    stylizer = inf.RegionStylizer.from_pretrained(model).to(device)
     size = stylizer.image_size
     paths = sorted(p for p in heldout.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if len(paths) < 2:
@@ -414,10 +414,10 @@ def evaluate_fullres(stylizer, case: dict, lift_kwargs: dict | None = None, with
                 "style_move": round(before - lab_distance(lab_gaussian(out, inside), style_stats), 3)}
 
     row = {"case": case["name"], "size": [width, height], "style_distance_before": round(before, 3),
-           "lift": scores(np.asarray(stylizer(case["content"], **call)))}
+           "lift": scores(np.asarray(stylizer(case["content"], **call).images[0]))}
     if with_baselines:
-        row["upsample"] = scores(np.asarray(stylizer(case["content"], **{**call, "detail": "none"})))
-        work = np.asarray(stylizer(case["content"], **{**call, "output_size": "working"}))
+        row["upsample"] = scores(np.asarray(stylizer(case["content"], **{**call, "detail": "none"}).images[0]))
+        work = np.asarray(stylizer(case["content"], **{**call, "output_size": "working"}).images[0])
         w, h = stylizer.working_size(width, height)
         work_inside = stylizer.prepare_mask(case["mask"], w, h)[0, 0].cpu().numpy() > 0
         work_content = np.asarray(stylizer.prepare_content(case["content"]))
@@ -450,7 +450,7 @@ def timed_edit(content, style, mask, model, save_to: str | None = None) -> dict:
 
     import psutil  # benchmark only
 
-    stylizer = inf.RegionStylizer.from_pretrained(model, device="cpu")
+    stylizer = inf.RegionStylizer.from_pretrained(model).to("cpu")
     stylizer(content, style=style, mask=mask, output_size="working")  # warm-up: first-call costs of torch
     process = psutil.Process()
     baseline = process.memory_info().rss
@@ -464,7 +464,7 @@ def timed_edit(content, style, mask, model, save_to: str | None = None) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     wall, cpu = time.perf_counter(), time.process_time()
-    out = stylizer(content, style=style, mask=mask)
+    out = stylizer(content, style=style, mask=mask).images[0]
     seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     done.set()
     sampler.join()
@@ -485,7 +485,7 @@ def bench_fullres(examples: Path, model: str | None, grid: dict | None, big: tup
     import os
     import subprocess
 
-    stylizer = inf.RegionStylizer.from_pretrained(model, device="cpu")
+    stylizer = inf.RegionStylizer.from_pretrained(model).to("cpu")
     cases = fullres_cases(examples)
     rows = [evaluate_fullres(stylizer, case) for case in cases]
     for r in rows:

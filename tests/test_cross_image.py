@@ -133,23 +133,23 @@ def test_pipeline_follows_the_schedule(pipe, inversions):
 
 def test_everything_off_gives_the_structure_path(pipe, inversions):
     out = _run(pipe, inversions, swap_range_full=(0, 0), swap_range_half=(0, 0), adain="off", swap_guidance_scale=1.0)
-    assert torch.allclose(out.images[0], out.images[2], atol=1e-6)
+    assert torch.allclose(out.images[0], out.structure_reconstructions[0], atol=1e-6)
 
 
 def test_identical_inputs_with_contrast_one_reconstruct(pipe, inversions):
     same = dict(structure_inversion=inversions["structure"], appearance_inversion=inversions["structure"])
     out = _run(pipe, inversions, contrast_strength=1.0, adain="full", **same)
-    assert torch.allclose(out.images[0], out.images[1], atol=1e-5)
-    assert torch.allclose(out.images[0], out.images[2], atol=1e-5)
+    assert torch.allclose(out.images[0], out.appearance_reconstructions[0], atol=1e-5)
+    assert torch.allclose(out.images[0], out.structure_reconstructions[0], atol=1e-5)
     sharp = _run(pipe, inversions, contrast_strength=1.67, adain="full", **same)
-    assert not torch.allclose(sharp.images[0], sharp.images[2], atol=1e-3)  # the contrast is live
+    assert not torch.allclose(sharp.images[0], sharp.structure_reconstructions[0], atol=1e-3)  # the contrast is live
 
 
 def test_app_and_struct_rows_ignore_the_output_settings(pipe, inversions):
     a = _run(pipe, inversions)
     b = _run(pipe, inversions, contrast_strength=3.0, swap_guidance_scale=6.0, adain="full", structure_injection=False,
              swap_range_full=(2, 5))
-    assert torch.equal(a.images[1], b.images[1]) and torch.equal(a.images[2], b.images[2])
+    assert torch.equal(a.appearance_reconstructions[0], b.appearance_reconstructions[0]) and torch.equal(a.structure_reconstructions[0], b.structure_reconstructions[0])
     assert not torch.allclose(a.images[0], b.images[0], atol=1e-3)
 
 
@@ -168,7 +168,7 @@ def test_batch_independence_of_the_appearance_path(pipe, inversions):
                                          pipe.ddim_scheduler, ts, zs[:, None], K)
     finally:
         handle.disable()
-    assert torch.allclose(alone[0], out.images[1], atol=1e-4)
+    assert torch.allclose(alone[0], out.appearance_reconstructions[0], atol=1e-4)
 
 
 def test_output_row_only_guidance_equals_the_naive_schedule_with_fewer_rows(pipe, inversions):
@@ -258,8 +258,8 @@ def test_exact_reconstruction_mode(pipe):
     finally:
         handle.disable()
     out = _run(pipe, invs, exact_reconstruction=True)
-    assert torch.allclose(out.images[1], invs["appearance"].x0, atol=1e-4)
-    assert torch.allclose(out.images[2], invs["structure"].x0, atol=1e-4)
+    assert torch.allclose(out.appearance_reconstructions[0], invs["appearance"].x0, atol=1e-4)
+    assert torch.allclose(out.structure_reconstructions[0], invs["structure"].x0, atol=1e-4)
 
 
 def test_inversions_draw_from_one_seeded_generator_in_the_official_order(pipe, inversions):
@@ -282,7 +282,8 @@ def test_determinism_and_output_order(pipe):
     run = lambda: pipe(_img(0), _img(1), "animal", adain="full", seed=3, **FAST)  # noqa: E731
     a, b = run(), run()
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.images, b.images))
-    assert a.transfer is a.images[0] and a.appearance_reconstruction is a.images[1]
+    assert len(a.images) == len(a.appearance_reconstructions) == len(a.structure_reconstructions) == 1
+    assert a.transfer is a.images[0] and a.appearance_reconstruction is a.appearance_reconstructions[0]
 
 
 def test_sdxl_shaped_unet_swaps_at_its_finest_decoder_resolutions():
@@ -293,7 +294,7 @@ def test_sdxl_shaped_unet_swaps_at_its_finest_decoder_resolutions():
     out = p(_img(0), _img(1), "animal", adain="full", output_type="latent", return_activity=True, **FAST)
     assert torch.isfinite(out.images[0]).all()
     assert {f for a in out.activity for f in a["swap"]} == {2, 4}
-    assert not torch.allclose(out.images[0], out.images[2], atol=1e-4)
+    assert not torch.allclose(out.images[0], out.structure_reconstructions[0], atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- segmentation (§9.6)

@@ -179,7 +179,7 @@ def test_stylize_shape_range_batching_and_spn_weight(tiny):
     assert torch.allclose(out[2:], single, atol=1e-5)
     s0 = StylizeSettings(encode_steps=10, decode_steps=10, spn_weight=0.0)
     assert not torch.allclose(pipe.stylize(photos[:1], style, s0), out[:1], atol=1e-4)
-    imgs = pipe(photos[:1], style, s)
+    imgs = pipe((photos[:1] + 1) / 2, style, s).images  # the public call takes images in [0, 1], as everywhere
     assert imgs[0].size == (32, 32)
 
 

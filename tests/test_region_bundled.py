@@ -31,7 +31,7 @@ def test_main_job_on_the_examples(tmp_path):
     strip = Image.open(tmp_path / "region_landscape.strip.png")
     assert strip.height >= 512 and strip.width > 3 * strip.height
     # paste-back by default: the unmasked pixels are the photo's; the masked ones are restyled
-    stylizer = RegionStylizer.from_pretrained(device="cpu")
+    stylizer = RegionStylizer.from_pretrained()
     inside = stylizer.paste_weight(EXAMPLES / "mask_meadow.png", content.shape[1], content.shape[0]).numpy() > 0
     assert np.array_equal(result[~inside], content[~inside])
     assert np.abs(result - content)[inside].mean() > 10

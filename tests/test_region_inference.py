@@ -259,29 +259,29 @@ def images(tmp_path):
 def test_stylizer_api(model_folder, images):
     from styleforge import RegionStylizer
 
-    stylizer = RegionStylizer.from_pretrained(model_folder, device="cpu")
-    out = stylizer(images["content"], style=images["style"], mask=images["mask"], output_size="working", paste_back=False)
+    stylizer = RegionStylizer.from_pretrained(model_folder).to("cpu")
+    out = stylizer(images["content"], style=images["style"], mask=images["mask"], output_size="working", paste_back=False).images[0]
     assert out.mode == "RGB" and min(out.size) == 32  # the model works with the shorter side at the training size
     assert out.size == stylizer.working_size(48, 40)
-    assert stylizer(images["content"], style=images["style"], mask=images["mask"]).size == (48, 40)  # default: native
+    assert stylizer(images["content"], style=images["style"], mask=images["mask"]).images[0].size == (48, 40)  # default: native
     working = dict(output_size="working", paste_back=False)
-    again = stylizer(images["content"], style=images["style"], mask=images["mask"], **working)
+    again = stylizer(images["content"], style=images["style"], mask=images["mask"], **working).images[0]
     assert np.array_equal(np.asarray(out), np.asarray(again))  # deterministic
     rec = stylizer.reconstruct(images["content"])
-    zero = stylizer(images["content"], style=images["style"], mask=images["mask"], strength=0.0, **working)
+    zero = stylizer(images["content"], style=images["style"], mask=images["mask"], strength=0.0, **working).images[0]
     assert not np.array_equal(np.asarray(zero), np.asarray(out))
-    glob = stylizer(images["content"], style=images["style"], **working)
+    glob = stylizer(images["content"], style=images["style"], **working).images[0]
     assert glob.size == rec.size
     two = stylizer(images["content"], style=[images["style"], images["style2"]], mask=[images["mask"], images["mask"]],
-                   **working)
+                   **working).images[0]
     assert two.size == out.size
     with pytest.raises(InputError):
         stylizer(images["content"], style=[images["style"], images["style2"]], mask=[images["mask"]])
     frames = stylizer.interpolate(images["content"], images["style2"], alphas=(0, 1), what="both", output_size="working")
     assert len(frames) == 2 and frames[0].size == out.size
     resaved = stylizer.save_pretrained(model_folder.parent / "copy")
-    copy = RegionStylizer.from_pretrained(resaved, device="cpu")
-    assert np.array_equal(np.asarray(copy(images["content"], style=images["style"], mask=images["mask"], **working)),
+    copy = RegionStylizer.from_pretrained(resaved).to("cpu")
+    assert np.array_equal(np.asarray(copy(images["content"], style=images["style"], mask=images["mask"], **working).images[0]),
                           np.asarray(out))
 
 
@@ -299,7 +299,7 @@ def test_cli_apply_writes_result_strip_and_metadata(model_folder, images, tmp_pa
     # with paste-back the pixels outside the mask are exactly the (resized) content image's
     from styleforge.io import load_mask
 
-    stylizer = inf.RegionStylizer.from_pretrained(model_folder, device="cpu")
+    stylizer = inf.RegionStylizer.from_pretrained(model_folder).to("cpu")
     content = np.asarray(stylizer.prepare_content(images["content"]))
     result = np.asarray(Image.open(out).convert("RGB"))
     outside = load_mask(images["mask"], size=content.shape[:2])[0, 0].numpy() == 0
@@ -333,7 +333,7 @@ def test_cli_interpolate(model_folder, images, tmp_path):
     assert main(["region", "interpolate", "--model", str(model_folder), "--source", str(images["content"]),
                  "--target", str(images["style2"]), "--steps", "4", "-o", str(out), "--device", "cpu"]) == 0
     grid = Image.open(out)
-    stylizer = inf.RegionStylizer.from_pretrained(model_folder, device="cpu")
+    stylizer = inf.RegionStylizer.from_pretrained(model_folder).to("cpu")
     w, h = stylizer.working_size(48, 40)
     assert grid.size == (4 * 48, 3 * 40)  # rows: content, style, both; frames at the source's own size
     assert main(["region", "interpolate", "--model", str(model_folder), "--source", str(images["content"]), "--target",

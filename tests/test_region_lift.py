@@ -113,7 +113,7 @@ def stylizer(tmp_path_factory):
     torch.manual_seed(0)
     nets = build_models(get_preset("test"))
     folder = inf.save_model(tmp_path_factory.mktemp("lift") / "model", nets["encoder"], nets["generator"])
-    return inf.RegionStylizer.from_pretrained(folder, device="cpu")
+    return inf.RegionStylizer.from_pretrained(folder).to("cpu")
 
 
 @pytest.mark.parametrize("size,mode,mask_size", [((75, 41), "RGB", (75, 41)), ((41, 75), "L", (13, 29)),
@@ -135,20 +135,22 @@ def test_stylizer_keeps_the_photo_outside_the_mask(stylizer, tmp_path, size, mod
     weight = stylizer.paste_weight(tmp_path / "mask.png", w, h)
     outside = weight.numpy() == 0
     for detail in ("guided", "none"):
-        out = np.asarray(stylizer(tmp_path / "photo.png", style=style, mask=tmp_path / "mask.png", detail=detail))
+        out = np.asarray(stylizer(tmp_path / "photo.png", style=style, mask=tmp_path / "mask.png", detail=detail).images[0])
         assert out.shape == (h, w, 3)
         assert np.array_equal(out[outside], content[outside])
         assert not np.array_equal(out[~outside], content[~outside])
     # two edits chain: the second reads the first's full-resolution result
-    two = np.asarray(stylizer(tmp_path / "photo.png", style=[style, style], mask=[tmp_path / "mask.png"] * 2, feather=1.0))
+    two = np.asarray(stylizer(tmp_path / "photo.png", style=[style, style], mask=[tmp_path / "mask.png"] * 2,
+                              feather=1.0).images[0])
     assert two.shape == (h, w, 3) and np.array_equal(two[outside], content[outside])
 
 
 def test_stylizer_output_sizes_and_interpolation(stylizer, tmp_path):
     Image.fromarray(_photo(50, 70, seed=6)).save(tmp_path / "photo.png")
     style = Image.fromarray(_photo(30, 30, seed=7))
-    assert stylizer(tmp_path / "photo.png", style=style).size == (70, 50)  # global transfer, lifted
-    assert stylizer(tmp_path / "photo.png", style=style, output_size="working").size == stylizer.working_size(70, 50)
+    assert stylizer(tmp_path / "photo.png", style=style).images[0].size == (70, 50)  # global transfer, lifted
+    working = stylizer(tmp_path / "photo.png", style=style, output_size="working").images[0]
+    assert working.size == stylizer.working_size(70, 50)
     frames = stylizer.interpolate(tmp_path / "photo.png", style, alphas=(0, 1), what="style")
     assert [f.size for f in frames] == [(70, 50)] * 2
     assert stylizer.interpolate(tmp_path / "photo.png", style, alphas=(0.5,), what="content")[0].size == (70, 50)

@@ -99,11 +99,12 @@ def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, 
     from .io import save_image
     from .region.inference import RegionStylizer, lift_settings
     from .region.lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA
+    from .runtime import resolve_device
 
     key = (str(options.get("model")), str(options.get("device", "auto")), str(options.get("dtype", "fp32")))
     if key not in _REGION_CACHE:
-        _REGION_CACHE[key] = RegionStylizer.from_pretrained(options.get("model"), device=options.get("device", "auto"),
-                                                            dtype=options.get("dtype", "fp32"))
+        _REGION_CACHE[key] = RegionStylizer.from_pretrained(options.get("model"), torch_dtype=options.get("dtype", "fp32")
+                                                            ).to(resolve_device(options.get("device", "auto")))
     stylizer = _REGION_CACHE[key]
     settings = lift_settings("native", options.get("detail", "guided"), _number(options.get("lift_radius", DEFAULT_RADIUS)),
                              float(options.get("lift_eps", DEFAULT_EPS)), options.get("lift_prior", "global"),
@@ -117,7 +118,7 @@ def run_region(content: Path, reference: Path, out: Path, seed: int, size: int, 
     image = stylizer(content, style=reference, mask=options.get("mask"), strength=float(options.get("strength", 1.0)),
                      paste_back=bool(paste_back), size=int(working) if working else None,
                      output_size="native", detail=settings["detail"], lift_radius=settings["radius"],
-                     lift_eps=settings["eps"], lift_prior=settings["prior"], lift_sigma=settings["sigma"])
+                     lift_eps=settings["eps"], lift_prior=settings["prior"], lift_sigma=settings["sigma"]).images[0]
     save_image(image, out, overwrite=True, inputs=[content, reference],
                metadata={"method": "region", "model": options.get("model") or "bundled", "seed": seed, "size": size,
                          "working_size": int(working) if working else stylizer.image_size, **settings})
@@ -150,12 +151,13 @@ def run_cross_image(content: Path, reference: Path, out: Path, seed: int, size: 
     """Cross-Image Attention: the reference's appearance on the content's structure; option domain (default object)."""
     from .cross_image import CrossImageAttentionPipeline
     from .io import save_image
+    from .runtime import resolve_device
 
     key = ("cross-image", str(options.get("model")), str(options.get("device", "auto")), str(options.get("dtype", "fp32")))
     if key not in _PIPELINE_CACHE:
         pipe = CrossImageAttentionPipeline.from_pretrained(options.get("model"), torch_dtype=options.get("dtype", "fp32"),
-                                                           device=options.get("device", "auto"),
                                                            offline=options.get("offline"))
+        pipe.to(resolve_device(options.get("device", "auto")))
         pipe.set_progress_bar_config(disable=True)
         _PIPELINE_CACHE[key] = pipe
     pipe = _PIPELINE_CACHE[key]

@@ -148,9 +148,10 @@ def dataclass_defaults(cls) -> argparse.Namespace:
 
 
 def load_pipeline(cls, args):
-    """``cls.from_pretrained`` from the common flags (--model --dtype --device --offline), memory savers installed.
+    """``cls.from_pretrained(...).to(device)`` from the common flags (--model --dtype --device --offline), memory
+    savers installed.
 
-    With offload the weights are loaded on the CPU and only the offload hooks point at the device.
+    With offload the weights stay on the CPU and only the offload hooks point at the device.
     """
     from ..runtime import resolve_device
 
@@ -158,8 +159,9 @@ def load_pipeline(cls, args):
     offloading = savers.offload != "none"
 
     def load():
-        pipe = cls.from_pretrained(args.model, torch_dtype=args.dtype, device=None if offloading else args.device,
-                                   offline=args.offline or None)
+        pipe = cls.from_pretrained(args.model, torch_dtype=args.dtype, offline=args.offline or None)
+        if not offloading:
+            pipe.to(resolve_device(args.device))
         if savers != type(savers)():
             pipe.enable_memory_savers(**memory_options(args), device=resolve_device(args.device))
         return pipe

@@ -345,15 +345,15 @@ def run_apply(args) -> int:
     load_device = "cpu" if savers.offload != "none" else device  # offload hooks move the weights themselves
     if args.run:
         pipe = cached_model(("OSASIS-run", args.run, args.model, str(device), args.dtype, savers),
-                            lambda: OSASISPipeline.from_run(args.run, diffae=args.model, device=load_device))
-        meta = json.loads((Path(args.run) / "osasis.json").read_text())  # from_run has refused a damaged one
+                            lambda: OSASISPipeline.from_pretrained(args.run, diffae=args.model).to(load_device))
+        meta = json.loads((Path(args.run) / "osasis.json").read_text())  # loading has refused a damaged one
         plan = args.plan or meta.get("train", {}).get("plan", "official")
     else:
         if not args.style or not args.model:
             raise InputError("--checkpoint needs --style (the artwork it was trained on) and --model (the DiffAE checkpoint)")
         pipe = cached_model(("OSASIS-official", args.checkpoint, args.model, args.style, str(device), args.dtype, savers),
                             lambda: OSASISPipeline.from_official(args.checkpoint, diffae=args.model,
-                                                                 style_image=args.style, device=load_device))
+                                                                 style_image=args.style).to(load_device))
         plan = args.plan or "official"
     style = args.style or pipe.style_image
     settings = StylizeSettings(t0_ratio=args.t0_ratio, encode_steps=args.encode_steps, decode_steps=args.decode_steps,
@@ -375,7 +375,7 @@ def run_apply(args) -> int:
     from tqdm.auto import tqdm
 
     images = pipe([str(p) for p in inputs], style, settings, edit_source=args.edit_source, edit_target=args.edit_target,
-                  edit=edit, progress=lambda it: tqdm(it, leave=False))
+                  edit=edit, progress=lambda it: tqdm(it, leave=False)).images
     meta = {"method": "osasis", "run": args.run, "checkpoint": args.checkpoint, "style": str(style),
             "edit_source": args.edit_source, "edit_target": args.edit_target, **settings.__dict__}
     for src, img, path in zip(inputs, images, planned):

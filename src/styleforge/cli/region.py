@@ -171,10 +171,11 @@ def _register_train(sub) -> None:
 
 def _stylizer(args):
     from ..region.inference import RegionStylizer
+    from ..runtime import resolve_device
     from .common import cached_model
 
     return cached_model(("RegionStylizer", args.model, args.device, args.dtype),
-                        lambda: RegionStylizer.from_pretrained(args.model, device=args.device, dtype=args.dtype))
+                        lambda: RegionStylizer.from_pretrained(args.model, torch_dtype=args.dtype).to(resolve_device(args.device)))
 
 
 def run_apply(args) -> int:
@@ -196,7 +197,7 @@ def run_apply(args) -> int:
         args.content, style=args.style, mask=args.mask, strength=args.strength, paste_back=args.paste_back,
         paste_margin=args.paste_margin, composition=args.composition, mask_resample=args.mask_resample,
         feather=args.feather, size=args.size, **_lift_kwargs(args),
-    )
+    ).images[0]
     metadata = {
         "method": "region", "model": args.model or "bundled", "content": args.content, "style": args.style,
         "mask": args.mask, "strength": args.strength, "paste_back": args.paste_back,

@@ -49,6 +49,9 @@ class CrossImageAttentionHook:
     def selector(self, layer: AttentionLayer) -> bool:
         return layer.place == "up" and layer.kind == "self" and layer.factor in self.factors
 
+    def active(self, layer: AttentionLayer, state: dict) -> bool:
+        return layer.factor in state.get("swap_factors", ())
+
     def __call__(self, call: AttentionCall) -> None:
         state = call.controller.state
         if call.layer.factor not in state.get("swap_factors", ()):
@@ -88,6 +91,9 @@ class SegmentationCapture:
         return layer.place == "up" and (
             (layer.kind == "self" and layer.factor == self.self_factor)
             or (layer.kind == "cross" and layer.factor == self.cross_factor))
+
+    def active(self, layer: AttentionLayer, state: dict) -> bool:
+        return bool(state.get("capture"))
 
     def __call__(self, call: AttentionCall) -> None:
         if not call.controller.state.get("capture"):

@@ -17,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ..diffusion.adain import adain as adain_fn
 from ..diffusion.adain import masked_adain
 from ..diffusion.attention import AttentionController, finest_factors
+from ..diffusion.convention import (StepEnd, call_per_item, check_output_type, generator_for, is_batch, per_image,
+                                    postprocess)
 from ..diffusion.freeu import FreeUConfig, apply_freeu
 from ..diffusion.inversion import EDIT_FRIENDLY, NOISE_DRAWS, Inversion, draw_noise_maps, edit_friendly_invert, image_hash
 from ..diffusion.pipeline import SD1, SDXL, StyleforgePipeline
@@ -41,7 +43,9 @@ ADAIN_MODES = ("masked", "full", "off")
 
 @dataclass
 class CrossImageAttentionOutput:
-    images: list  # [transfer, appearance reconstruction, structure reconstruction] (the official order)
+    images: Any  # the transfers, as ``output_type`` asks (one per structure/appearance pair)
+    appearance_reconstructions: Any = per_image()  # the appearance row of the same run, same type
+    structure_reconstructions: Any = per_image()  # the structure row, same type
     masks: dict[str, torch.Tensor] | None  # {"structure", "appearance"}: the AdaIN masks on the latent grid
     inversions: dict[str, Inversion]  # {"structure", "appearance"}: reusable for later calls
     activity: list[dict] | None = None  # per iteration: what was active (return_activity=True)
@@ -53,16 +57,18 @@ class CrossImageAttentionOutput:
 
     @property
     def appearance_reconstruction(self):
-        return self.images[1]
+        return self.appearance_reconstructions[0]
 
     @property
     def structure_reconstruction(self):
-        return self.images[2]
+        return self.structure_reconstructions[0]
 
 
 class CrossImageAttentionPipeline(StyleforgePipeline):
     default_model = DEFAULT_SD1_MODEL
     supported_families = (SD1, SDXL)
+    #: rows [OUT, APP, STRUCT] of the denoising loop, offered to ``callback_on_step_end``
+    _callback_tensor_inputs = ["latents"]
 
     @torch.no_grad()
     def __call__(
@@ -107,6 +113,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         attention_chunk_size: int | None = None,
         output_type: str = "pil",
         return_activity: bool = False,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> CrossImageAttentionOutput:
         """Transfer the appearance of ``appearance_image`` onto the structure of ``structure_image``.
 
@@ -116,7 +124,9 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         ``cross_attn_32_range``; ranges count post-skip iterations. ``guidance_rows="output"`` runs the plain pass
         for the OUT row only (exact, 4 instead of 6 UNet rows per guided step); ``"all"`` is the naive schedule.
         ``attention_chunk_size`` computes the swapped maps in query chunks (default: the pipeline's memory savers,
-        see :meth:`enable_memory_savers`).
+        see :meth:`enable_memory_savers`). Lists (or batched tensors) of images run one transfer per pair.
+        ``callback_on_step_end`` receives ``latents`` (rows [OUT, APP, STRUCT]) after each iteration and may return
+        replacements.
 
         Randomness as in the official code: the inversions' noise maps come from ``generator``, or from one seeded
         with ``seed`` on the GPU when the UNet is on one (the official code draws from the global CUDA generator)
@@ -125,6 +135,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         (appearance fit, then structure fit). An empty mask falls back to full AdaIN (``mask_fallback="full"``);
         ``mask_fallback=None`` keeps the official NaN (a black image).
         """
+        if is_batch(structure_image) or is_batch(appearance_image):
+            return call_per_item(self, locals(), ("structure_image", "appearance_image"))
         from .. import validation as V
 
         V.check_all(num_inference_steps=(num_inference_steps, V.steps), skip_steps=(skip_steps, V.non_negative_int),
@@ -137,6 +149,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
                     size=(size, V.optional_size), attention_chunk_size=(attention_chunk_size, V.optional_count))
         for name, value in vars(freeu_config).items():
             V.finite.check(value, f"freeu_config.{name}")
+        check_output_type(output_type)
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         prompt, object_noun = self._prompt_and_noun(domain, prompt, object_noun, adain, structure_mask, appearance_mask)
         K, S = num_inference_steps, skip_steps
         if not 0 <= S < K:
@@ -165,9 +179,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         try:
             # 1. inversions (APP first, then STRUCT: the official order of draws from one generator)
             use_cache = inversion_cache is not None and generator is None and seed is not None
-            if generator is None:  # on the GPU when there is one, as the official code's draws (torch.randn_like)
-                generator = torch.Generator("cuda" if device.type == "cuda" else "cpu")
-                generator.manual_seed(seed if seed is not None else torch.seed())
+            # on the GPU when there is one, as the official code's draws (torch.randn_like)
+            generator = generator_for(generator, seed, device="cuda" if device.type == "cuda" else "cpu")
             inv_settings = dict(prompt=prompt, negative_prompt="", guidance_scale=float(inversion_guidance_scale),
                                 model_id=self.model_id, family=self.family,
                                 weights=self.weights_fingerprint if inversion_cache is not None else "",
@@ -243,6 +256,8 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
                         latents[OUT] = self._adain(latents, masks, mask_fallback)[0]
                     if activity is not None:
                         activity.append(dict(plan, i=i, t=int(t)))
+                    if step_end:
+                        latents = step_end(i, t, latents=latents).pop("latents", latents)
         finally:
             if freeu_handle is not None:
                 freeu_handle.disable()
@@ -250,12 +265,10 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         if not torch.isfinite(latents).all():
             raise InputError("the transfer produced NaN values (an empty AdaIN mask with mask_fallback=None, or fp16 "
                              "overflow: try dtype fp32 or bf16)")
-        if output_type == "latent":
-            images = list(latents)
-        else:
-            decoded = self.decode_latents(latents.to(self.unet.dtype))
-            images = list(decoded) if output_type == "pt" else self.to_pil(decoded)
-        return CrossImageAttentionOutput(images, masks, inversions, activity, rows)
+        rows_out = latents if output_type == "latent" else self.decode_latents(latents.to(self.unet.dtype))
+        out, app, struct = (rows_out[r:r + 1] if output_type == "latent" else postprocess(rows_out[r:r + 1], output_type)
+                            for r in (OUT, APP, STRUCT))
+        return CrossImageAttentionOutput(out, app, struct, masks, inversions, activity, rows)
 
     # ------------------------------------------------------------------------------------------- pieces
 

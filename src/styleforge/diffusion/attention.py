@@ -1,10 +1,11 @@
 """Attention control on diffusers' attention-processor interface.
 
-:class:`AttentionController` installs one :class:`ControlledAttnProcessor` on every ``Attention`` module of a
-UNet. Each processor computes queries, keys and values exactly as diffusers' ``AttnProcessor2_0`` does, then
-hands them to the hooks whose selector picks that layer. A hook may read or replace ``query``/``key``/``value``,
-read the attention map (``call.probs()``), replace it (``call.edit_probs(fn)``), or set the output itself. With no hook the processor is the stock computation
-(fused SDPA), so the UNet's output is unchanged.
+:class:`AttentionController` installs a :class:`ControlledAttnProcessor` on the ``Attention`` modules its hooks
+select, and leaves every other layer's processor (attention slicing, xformers, a user's own) alone. Each controlled
+processor computes queries, keys and values exactly as diffusers' ``AttnProcessor2_0`` does, then hands them to the
+hooks whose selector picks that layer. A hook may read or replace ``query``/``key``/``value``, read the attention
+map (``call.probs()``), replace it (``call.edit_probs(fn)``), or set the output itself. While no hook acts on a layer
+it runs the processor the layer had before, so the UNet's output is unchanged.
 
 Layers are chosen by role (``down``/``mid``/``up``, ``self``/``cross``) and by their resolution *relative to the
 latent*: ``factor`` 1 is the latent's own grid, 2 is half of it, and so on. Factors are read off the UNet's
@@ -130,6 +131,9 @@ class AttentionHook(Protocol):
 
     def __call__(self, call: AttentionCall) -> None: ...
 
+    # optional: ``active(layer, state) -> bool``, False while the hook would do nothing (the layer then runs the
+    # processor it had before, e.g. the user's attention slicing)
+
 
 def attention_probs(query, key, scale: float, mask=None) -> torch.Tensor:
     logits = torch.matmul(query, key.transpose(-1, -2)) * scale
@@ -161,11 +165,17 @@ def explicit_attention(query, key, value, scale: float, *, mask=None,
 class ControlledAttnProcessor:
     """``AttnProcessor2_0`` with a hook point between the projections and the attention product."""
 
-    def __init__(self, layer: AttentionLayer, controller: "AttentionController"):
+    def __init__(self, layer: AttentionLayer, controller: "AttentionController", fallback=None):
         self.layer = layer
         self.controller = controller
+        self.fallback = fallback  # the layer's previous processor, used while no hook picks the layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        hooks = self.controller.hooks_for(self.layer)
+        if not hooks and self.fallback is not None:
+            extra = dict(kwargs, **({"temb": temb} if temb is not None else {}))  # e.g. sliced attention takes no temb
+            return self.fallback(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                 attention_mask=attention_mask, **extra)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -198,7 +208,6 @@ class ControlledAttnProcessor:
             key = attn.norm_k(key)
 
         out = None
-        hooks = self.controller.hooks_for(self.layer)
         if hooks:
             call = AttentionCall(self.layer, attn, query, key, value, attention_mask, self.controller)
             for hook in hooks:
@@ -220,13 +229,15 @@ class ControlledAttnProcessor:
 
 
 class AttentionController:
-    """Installs controlled processors on a UNet and dispatches attention calls to hooks.
+    """Installs controlled processors on the layers its hooks select and dispatches attention calls to the hooks.
 
     Use as a context manager (``with AttentionController(unet) as ctl: ctl.add(hook)``) or call
-    :meth:`install`/:meth:`uninstall`. ``state`` is a free-form dict that a method's loop and its hooks share
-    (step index, which pass is running), since diffusers drops unknown ``cross_attention_kwargs``.
-    ``chunk_size`` computes explicit maps in query chunks of that many rows (the memory saver
-    ``attention_chunk_size``).
+    :meth:`install`/:meth:`uninstall`. Only layers some hook selects get a :class:`ControlledAttnProcessor`; every
+    other layer keeps the processor it had (attention slicing, SDPA variants, xformers, a user's own), and the
+    controlled ones run their previous processor whenever no hook picks them. ``state`` is a free-form dict that
+    a method's loop and its hooks share (step index, which pass is running), since diffusers drops unknown
+    ``cross_attention_kwargs``. ``chunk_size`` computes explicit maps in query chunks of that many rows (the memory
+    saver ``attention_chunk_size``).
     """
 
     def __init__(self, unet, chunk_size: int | None = None):
@@ -236,22 +247,29 @@ class AttentionController:
         self.layers = attention_layers(unet)
         self.hooks: list = []
         self.state: dict = {}
-        self._saved = None
+        self._saved: dict | None = None  # layer name -> the processor it had before this controller took it
 
     def install(self) -> "AttentionController":
         if self._saved is None:
-            self._saved = dict(self.unet.attn_processors)
-            by_name = {layer.name: layer for layer in self.layers}
-            procs = {}
-            for key in self._saved:
-                name = key[: -len(".processor")]
-                procs[key] = ControlledAttnProcessor(by_name[name], self) if name in by_name else self._saved[key]
-            self.unet.set_attn_processor(procs)
+            self._saved = {}
+            for hook in self.hooks:
+                self._take(hook)
         return self
+
+    def _take(self, hook) -> None:
+        """Put a controlled processor on each layer ``hook`` selects that does not have one yet."""
+        selector = getattr(hook, "selector", None)
+        for layer in self.layers:
+            if layer.name in self._saved or (selector is not None and not selector(layer)):
+                continue
+            module = self.unet.get_submodule(layer.name)
+            self._saved[layer.name] = module.processor
+            module.set_processor(ControlledAttnProcessor(layer, self, fallback=module.processor))
 
     def uninstall(self) -> None:
         if self._saved is not None:
-            self.unet.set_attn_processor(self._saved)
+            for name, processor in self._saved.items():
+                self.unet.get_submodule(name).set_processor(processor)
             self._saved = None
 
     def __enter__(self) -> "AttentionController":
@@ -262,13 +280,18 @@ class AttentionController:
 
     def add(self, hook):
         self.hooks.append(hook)
+        if self._saved is not None:
+            self._take(hook)
         return hook
 
     def remove(self, hook) -> None:
         self.hooks.remove(hook)
 
     def hooks_for(self, layer: AttentionLayer) -> list:
-        return [h for h in self.hooks if getattr(h, "selector", None) is None or h.selector(layer)]
+        """The hooks that act on ``layer`` now: selected by it, and not idle (a hook's optional
+        ``active(layer, state)`` says False when it would leave this call alone)."""
+        return [h for h in self.hooks if (getattr(h, "selector", None) is None or h.selector(layer))
+                and (getattr(h, "active", None) is None or h.active(layer, self.state))]
 
     def select(self, selector: Callable[[AttentionLayer], bool]) -> list[AttentionLayer]:
         return [layer for layer in self.layers if selector(layer)]

@@ -18,7 +18,7 @@ from PIL import Image
 from ..errors import InputError, ModelNotFoundError
 from ..io import ImageLike, aspect_size, center_crop_resize, crop_pixels, load_image, pil_to_tensor, tensor_to_pil
 from ..loading import DEFAULT_SD1_MODEL, DEFAULT_SDXL_MODEL, resolve_model_folder  # noqa: F401 (re-exported)
-from ..runtime import resolve_device, resolve_dtype
+from .convention import diffusers_dtype_keyword, loading_keywords, move_to
 from .memory import MemorySavers, apply_memory_savers, check_finite
 from .prompts import Conditioning, PromptEncoder
 
@@ -44,13 +44,22 @@ class StyleforgePipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, torch_dtype: torch.dtype | str | None = None,
-                        device: str | torch.device | None = None, offline: bool | None = None, **kwargs):
-        """Load from a hub id or a local diffusers folder; every failure is a one-line :class:`ModelNotFoundError`."""
+                        variant: str | None = None, offline: bool | None = None,
+                        device: str | torch.device | None = None, dtype: torch.dtype | str | None = None, **kwargs):
+        """Load from a hub id or a local diffusers folder; every failure is a one-line :class:`ModelNotFoundError`.
+
+        The diffusers convention: ``from_pretrained(model, torch_dtype=..., variant=...)``, then ``.to(device)``.
+        ``dtype=`` is a synonym of ``torch_dtype=``; ``device=`` still works, with a DeprecationWarning.
+        """
+        torch_dtype, device = loading_keywords(torch_dtype, device, dtype)
         model = str(model or getattr(cls, "default_model", DEFAULT_SD1_MODEL))
         folder = resolve_model_folder(model, offline=offline)
-        dtype = resolve_dtype(torch_dtype) if torch_dtype is not None else None
+        if torch_dtype is not None:  # only when asked, and under the name this diffusers wants
+            kwargs[diffusers_dtype_keyword()] = torch_dtype
+        if variant is not None:
+            kwargs["variant"] = variant
         try:
-            pipe = super().from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **kwargs)
+            pipe = super().from_pretrained(str(folder), local_files_only=True, **kwargs)
         except ArchitectureError as e:  # raised while constructing, before the pipeline knows its name
             raise e.for_model(model) from None
         except ModelNotFoundError:
@@ -60,9 +69,7 @@ class StyleforgePipeline(DiffusionPipeline):
             raise ModelNotFoundError(f"could not load model {model!r} (damaged or incomplete folder?): {first_line}") from None
         pipe.register_to_config(_name_or_path=model)
         pipe._weights_folder = str(folder)
-        if device is not None:
-            pipe.to(resolve_device(device))
-        return pipe
+        return move_to(pipe, device)
 
     # ------------------------------------------------------------------------------------------- memory
 

@@ -11,18 +11,21 @@ Stylization of a photo I_A^in with the fine-tuned eps_B:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image
 
+from ..diffusion.convention import StepEnd, as_items, check_output_type, deprecated, loading_keywords, move_to, postprocess
 from ..diffusion.memory import MemorySavers, check_finite, execution_device, offload_modules
 from ..errors import InputError, ModelNotFoundError
-from ..io import ImageLike, load_image, pil_to_tensor, tensor_to_pil
+from ..io import ImageLike, load_image, pil_to_tensor
 from .core import encode_to_t0, spn_decode_step
 from .losses import CLIPEmbedder, clip_text_direction_loss
 from .models import (DiffAEAutoencoder, LatentDDIMNet, PlainSPN, StructurePreservingNetwork, load_model,
@@ -80,21 +83,35 @@ def images_to_tensor(images, size: int, name: str = "image") -> torch.Tensor:
     return pil_to_tensor([resize_square(load_image(i, name=name), size) for i in items])
 
 
-class OSASISPipeline:
-    """Stylize photos with a per-style fine-tuned DiffAE (``unet_b``) and SPN, frozen ``unet_a`` + encoder."""
+@dataclass
+class OSASISPipelineOutput:
+    images: Any  # the stylized photos as ``output_type`` asks (PIL list, (B, H, W, 3) array or (B, 3, H, W) tensor)
+    content_codes: torch.Tensor | None = None  # the optimised semantic codes z_in* of a text edit (else None)
 
-    def __init__(self, unet_a: DiffAEAutoencoder, unet_b: DiffAEAutoencoder, spn: StructurePreservingNetwork | PlainSPN | None,
+
+class OSASISPipeline(DiffusionPipeline):
+    """Stylize photos with a per-style fine-tuned DiffAE (``unet_b``) and SPN, frozen ``unet_a`` + encoder.
+
+    >>> pipe = OSASISPipeline.from_pretrained("run/").to("cuda")        # a folder written by `oneshot train`
+    >>> out = pipe(["face1.png", "face2.png"], output_type="np")         # the run's artwork as the style
+    """
+
+    model_cpu_offload_seq = "unet_a->unet_b"
+    _optional_components = ["spn", "latent_net", "clip"]
+    #: the pixel-space sample x_t of the decode loop, offered to ``callback_on_step_end``
+    _callback_tensor_inputs = ["sample"]
+
+    def __init__(self, unet_a: DiffAEAutoencoder, unet_b: DiffAEAutoencoder, spn: StructurePreservingNetwork | PlainSPN | None = None,
                  *, style_image: ImageLike | torch.Tensor | None = None, spn_time_input: str = "grid_index",
                  latent_net: LatentDDIMNet | None = None, clip: CLIPEmbedder | None = None,
                  schedule: NoiseSchedule | None = None):
+        super().__init__()
         if unet_a.encoder is None:
             raise InputError("unet_a must carry the semantic encoder")
-        self.unet_a = unet_a.eval().requires_grad_(False)
-        self.unet_b = unet_b.eval().requires_grad_(False)
-        self.spn = spn.eval().requires_grad_(False) if spn is not None else None
+        self.register_modules(unet_a=unet_a.eval().requires_grad_(False), unet_b=unet_b.eval().requires_grad_(False),
+                              spn=spn.eval().requires_grad_(False) if spn is not None else None,
+                              latent_net=latent_net, clip=clip)
         self.spn_time_input = spn_time_input
-        self.latent_net = latent_net
-        self.clip = clip
         self.schedule = schedule or NoiseSchedule.linear()
         self.image_size = unet_a.config.image_size
         self.style_image = style_image
@@ -102,9 +119,27 @@ class OSASISPipeline:
     # -- construction -----------------------------------------------------------------------------------
 
     @classmethod
-    def from_run(cls, run: str | os.PathLike, *, diffae: str | os.PathLike | None = None, device="cpu",
+    def from_pretrained(cls, run: str | os.PathLike, *, torch_dtype: torch.dtype | str | None = None,
+                        variant: str | None = None, diffae: str | os.PathLike | None = None, device=None, dtype=None,
+                        **kw) -> "OSASISPipeline":
+        """A trained style folder (``run/osasis.json``), the diffusers way: ``from_pretrained(run, torch_dtype=...)``
+        then ``.to(device)``. ``diffae`` overrides the DiffAE model the run records."""
+        torch_dtype, device = loading_keywords(torch_dtype, device, dtype)
+        if variant is not None:
+            raise InputError("OSASIS run folders have no weight variants (variant=...); leave it unset")
+        pipe = cls._from_run(run, diffae=diffae, **kw)
+        return move_to(pipe.to(torch_dtype) if torch_dtype is not None else pipe, device)
+
+    @classmethod
+    def from_run(cls, run: str | os.PathLike, *, diffae: str | os.PathLike | None = None, device=None,
                  **kw) -> "OSASISPipeline":
-        """A trained style folder written by :class:`~styleforge.osasis.train.OSASISTrainer` (``run/osasis.json``)."""
+        """:meth:`from_pretrained` under its older name (``device=`` deprecated: call ``.to(device)``)."""
+        if device is not None:
+            deprecated("from_run(device=...)", "from_run(...).to(device)")
+        return move_to(cls._from_run(run, diffae=diffae, **kw), device)
+
+    @classmethod
+    def _from_run(cls, run, *, diffae=None, **kw) -> "OSASISPipeline":
         run = Path(run)
         meta_path = run / RUN_FILE
         if not meta_path.exists():
@@ -122,14 +157,17 @@ class OSASISPipeline:
         unet_b = load_model(DiffAEAutoencoder, run / "model" / "unet_b")
         spn_cls = StructurePreservingNetwork if meta.get("spn", "time") == "time" else PlainSPN
         spn = load_model(spn_cls, run / "model" / "spn") if (run / "model" / "spn").exists() else None
-        pipe = cls(unet_a, unet_b, spn, style_image=run / meta.get("style_image", "style.png"),
+        return cls(unet_a, unet_b, spn, style_image=run / meta.get("style_image", "style.png"),
                    spn_time_input=meta.get("spn_time_input", "timestep"), **kw)
-        return pipe.to(device)
 
     @classmethod
     def from_official(cls, checkpoint: str | os.PathLike, *, diffae: str | os.PathLike, style_image: ImageLike,
-                      device="cpu", **kw) -> "OSASISPipeline":
-        """A released per-style checkpoint (``exp/imgN/ckpt/iter_200.pt``) with the artwork it was trained on."""
+                      device=None, **kw) -> "OSASISPipeline":
+        """A released per-style checkpoint (``exp/imgN/ckpt/iter_200.pt``) with the artwork it was trained on.
+
+        Loads on the CPU; ``.to(device)`` moves it (``device=`` is deprecated)."""
+        if device is not None:
+            deprecated("from_official(device=...)", "from_official(...).to(device)")
         unet_a = load_model(DiffAEAutoencoder, diffae)
         cfg = {k: v for k, v in unet_a.config.items() if not k.startswith("_")}
         obj = read_torch_file(checkpoint, "OSASIS checkpoint")  # read once: the released files are ~2 GB
@@ -141,13 +179,7 @@ class OSASISPipeline:
         if obj.get("model_map"):  # --map_net --map_time (time SPN), --map_net alone (plain) or no SPN at all
             spn_cls = PlainSPN if any(k.startswith("layers.") for k in obj["model_map"]) else StructurePreservingNetwork
             spn = strict_load(spn_cls(), obj["model_map"], what=f"{checkpoint} (model_map)").eval()
-        return cls(unet_a, unet_b, spn, style_image=style_image, spn_time_input="grid_index", **kw).to(device)
-
-    def to(self, device) -> "OSASISPipeline":
-        for m in (self.unet_a, self.unet_b, self.spn, self.latent_net, self.clip):
-            if m is not None:
-                m.to(device)
-        return self
+        return move_to(cls(unet_a, unet_b, spn, style_image=style_image, spn_time_input="grid_index", **kw), device)
 
     def enable_memory_savers(self, *, low_memory: bool = False, offload: str | None = None,
                              gradient_checkpointing: bool | None = None,
@@ -205,18 +237,20 @@ class OSASISPipeline:
                     style_middle=s.style_middle)
 
     def decode(self, x_t0: torch.Tensor, photos: torch.Tensor, spn_weight: float, plan: TimestepPlan, *,
-               clamp: bool = True, progress=None, **cond) -> torch.Tensor:
+               clamp: bool = True, progress=None, step_end: StepEnd | None = None, **cond) -> torch.Tensor:
         """Run eps_B (+ SPN) from x_t0 down the plan's decode grid; returns the final clean image."""
         x = x_t0
         steps = plan.decode_transitions()
-        for k, t, t_next in progress(steps) if progress else steps:
+        for i, (k, t, t_next) in enumerate(progress(steps) if progress else steps):
             x, _ = spn_decode_step(self.unet_b, self.spn, x, photos, k, t, t_next, self.schedule, spn_weight=spn_weight,
                                    spn_time_input=self.spn_time_input, clamp=clamp, **cond)
+            if step_end:
+                x = step_end(i, t, sample=x).pop("sample", x)
         return x
 
     @torch.no_grad()
     def stylize(self, photos, style=None, settings: StylizeSettings | None = None, *,
-                content_codes: torch.Tensor | None = None, progress=None) -> torch.Tensor:
+                content_codes: torch.Tensor | None = None, progress=None, step_end: StepEnd | None = None) -> torch.Tensor:
         """(B, 3, H, W) stylized images in [-1, 1]. ``content_codes`` replace z_in in the mixed decode only."""
         s = settings or StylizeSettings()
         plan = s.timestep_plan()
@@ -233,7 +267,7 @@ class OSASISPipeline:
             x_t0 = encode_to_t0(self.unet_a, batch, z_in, plan, self.schedule, clamp=s.clamp)
             z_content = z_in if content_codes is None else content_codes[i:i + s.batch_size].to(z_in)
             outs.append(self.decode(x_t0, batch, s.spn_weight, plan, clamp=s.clamp, progress=progress,
-                                    **self._mixing(z_content, z_style, s)))
+                                    step_end=step_end, **self._mixing(z_content, z_style, s)))
         self._offload_all()
         return check_finite(torch.cat(outs), "the stylized images")
 
@@ -282,14 +316,33 @@ class OSASISPipeline:
 
     # -- images in, images out ------------------------------------------------------------------------------
 
-    def __call__(self, photos, style=None, settings: StylizeSettings | None = None, *, edit_source: str | None = None,
-                 edit_target: str | None = None, edit: EditSettings | None = None, progress=None) -> list[Image.Image]:
+    def __call__(self, image, style_image=None, settings: StylizeSettings | None = None, *,
+                 num_inference_steps: int | None = None, generator: torch.Generator | None = None,
+                 seed: int | None = None, output_type: str = "pil", callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] | None = None, edit_source: str | None = None,
+                 edit_target: str | None = None, edit: EditSettings | None = None, progress=None) -> OSASISPipelineOutput:
+        """Stylize ``image`` (a photo or a list/batch of them) with ``style_image`` (default: the run's artwork).
+
+        ``num_inference_steps`` sets the decode steps (``settings.decode_steps``). Encoding and decoding are
+        deterministic DDIM, so ``generator``/``seed`` change nothing (accepted for the common convention).
+        ``callback_on_step_end`` receives the pixel-space ``sample`` after each decode step (per batch of
+        ``settings.batch_size``). OSASIS works on pixels: ``output_type="latent"`` is refused.
+        """
+        check_output_type(output_type, has_latents=False)
         if (edit_source is None) != (edit_target is None):
             raise InputError("text-driven manipulation needs both --edit-source and --edit-target")
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        settings = settings or StylizeSettings()
+        if num_inference_steps is not None:
+            settings = dataclasses.replace(settings, decode_steps=int(num_inference_steps))
+        photos = [load_image(item, name="photo") for item in as_items(image)]
+        style = self.style_image if style_image is None else style_image
+        style = load_image(style, name="style image") if style is not None else None
         codes = None
         if edit_source is not None:
             codes = self.edit_codes(photos, edit_source, edit_target, settings, edit, progress=progress)
-        return tensor_to_pil(self.stylize(photos, style, settings, content_codes=codes, progress=progress))
+        images = self.stylize(photos, style, settings, content_codes=codes, progress=progress, step_end=step_end)
+        return OSASISPipelineOutput(postprocess(images, output_type), codes)
 
 
 def list_inputs(path: str | os.PathLike, exts: Sequence[str] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")) -> list[Path]:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..diffusion.convention import (StepEnd, call_per_item, check_output_type, generator_for, is_batch, per_image,
+                                    postprocess)
 from ..diffusion.inversion import DDIM, ddim_invert, image_hash
 from ..diffusion.pipeline import SD1, SDXL, StyleforgePipeline
 from ..diffusion.prompts import Conditioning
@@ -42,8 +44,8 @@ DEFAULT_GUIDANCE = {SD1: 7.5, SDXL: 5.0}
 
 @dataclass
 class PairCustomizationOutput:
-    images: list  # stylized images (PIL, or tensors/latents per output_type)
-    base_images: list | None = None  # the unstyled images from the same seed (return_base=True)
+    images: Any  # stylized images as ``output_type`` asks (PIL list, array, tensor or latents)
+    base_images: Any = per_image(default=None)  # the unstyled images from the same seed, same type (return_base=True)
     latents: torch.Tensor | None = None  # final stylized latents
     unet_rows: int = 0  # UNet row-evaluations spent in the sampling loops
 
@@ -91,6 +93,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
 
     default_model = DEFAULT_SD1_MODEL
     supported_families = (SD1, SDXL)
+    _callback_tensor_inputs = ["latents"]
 
     # ------------------------------------------------------------------------------------------- styles
 
@@ -261,6 +264,8 @@ class PairCustomizationPipeline(StyleforgePipeline):
         return_base: bool = False,
         output_type: str = "pil",
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> PairCustomizationOutput:
         """Generate ``prompt`` with style guidance from the loaded styles (or the ones named in ``styles``).
 
@@ -273,11 +278,17 @@ class PairCustomizationPipeline(StyleforgePipeline):
         DDIM-inverted on ``prompt`` (which should describe it) and regenerated with DDIM; ``negative_prompt=None``
         (the default for images) makes the CFG term vanish, as the official real-image script does.
         ``return_base`` also returns the unstyled image from the same noise (for a photo: its reconstruction); it
-        shares the locked steps with the stylized run. ``callback(step_index, t, latents)`` after every step.
+        shares the locked steps with the stylized run. ``callback_on_step_end(pipe, step, t, {"latents": ...})``
+        after every step (once per step; the locked steps shared with ``return_base`` are reported from the base
+        run) may return replacement ``latents``; the deprecated ``callback(step_index, t, latents)`` still works.
         ``mode="lora_scale"`` is the paper's comparison baseline (style_scale = LoRA strength alpha, spec §4.5).
+        Lists of prompts (and/or images) run one generation per item.
         """
-        if output_type not in ("pil", "pt", "latent"):
-            raise InputError("output_type must be 'pil', 'pt' or 'latent'")
+        if is_batch(prompt) or is_batch(image):
+            return call_per_item(self, locals(), ("prompt", "image"))
+        check_output_type(output_type)
+        callback = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, callback,
+                           lambda fn, i, t, tensors: fn(i, int(t), tensors["latents"]))
         scales = style_scale.values() if isinstance(style_scale, Mapping) else (
             style_scale if isinstance(style_scale, (list, tuple)) else [style_scale])
         for scale in scales:
@@ -310,8 +321,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
                                       lora_scale=lora_scale, height=height, width=width, mode=mode)
         sched = make_scheduler(scheduler or "euler", self.scheduler.config)
         sched.set_timesteps(num_inference_steps, device=device)
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(seed if seed is not None else torch.seed())
+        generator = generator_for(generator, seed)
         shape = (1, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
@@ -332,10 +342,10 @@ class PairCustomizationPipeline(StyleforgePipeline):
             for i in self.progress_bar(range(n)):
                 x = self._step(state, x, st, i, apply_style=False)
                 rows += self.unet_rows_per_step(state, False)
+                if callback and i < lock:  # a shared step: reported (and changeable) before the branch
+                    x = callback(i, st.timesteps[i], latents=x).pop("latents", x)
                 if i + 1 < n and i + 1 == lock:
                     snapshot = (x, copy.deepcopy(st))
-                if callback is not None and i < lock:
-                    callback(i, int(st.timesteps[i]), x)
             base_latents = x
             start = min(lock, n)
             if snapshot is None:  # everything was locked: the stylized run is the base run
@@ -350,8 +360,8 @@ class PairCustomizationPipeline(StyleforgePipeline):
             for i in self.progress_bar(range(start, n)):
                 x = self._step(state, x, stepper, i, apply_style=i >= lock)
                 rows += self.unet_rows_per_step(state, i >= lock)
-                if callback is not None:
-                    callback(i, int(stepper.timesteps[i]), x)
+                if callback:
+                    x = callback(i, stepper.timesteps[i], latents=x).pop("latents", x)
             latents_out = x
         images = self._output(latents_out, output_type)
         base = self._output(base_latents, output_type) if return_base else None
@@ -364,9 +374,8 @@ class PairCustomizationPipeline(StyleforgePipeline):
 
     def _output(self, latents, output_type):
         if output_type == "latent":
-            return list(latents)
-        decoded = self.decode_latents(latents.to(self.unet.dtype))
-        return list(decoded) if output_type == "pt" else self.to_pil(decoded)
+            return latents
+        return postprocess(self.decode_latents(latents.to(self.unet.dtype)), output_type)
 
     # ------------------------------------------------------------------------------------------- real photos
 

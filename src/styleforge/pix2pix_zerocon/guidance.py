@@ -84,7 +84,8 @@ class GuidanceProbe:
         if self.cross_selector is not None:
             controller.add(_Hook(self.cross_selector, self._cross_attention))
         if self.feature_selector is not None:
-            controller.add(_Hook(self.feature_selector, self._self_attention))
+            controller.add(_Hook(self.feature_selector, self._self_attention,
+                                 active=lambda layer, state: self.mode != OFF))  # idle: the layer's own processor
 
     # ------------------------------------------------------------------------------------------- modes
 
@@ -161,6 +162,7 @@ class GuidanceProbe:
 class _Hook:
     selector: object
     fn: object
+    active: object = None  # optional (layer, state) -> bool; None: always
 
     def __call__(self, call: AttentionCall) -> None:
         self.fn(call)

@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..diffusion.attention import AttentionController
+from ..diffusion.convention import (StepEnd, call_per_item, check_output_type, generator_for, is_batch, per_image,
+                                    postprocess)
 from ..diffusion.inversion import ddim_invert
 from ..diffusion.memory import gradient_checkpointing
 from ..diffusion.pipeline import SD1, StyleforgePipeline
@@ -65,13 +66,12 @@ GUIDANCE_MODES = ("p2pzero_code", "paper")
 #: the official code's grid (default) or the exact inverse of the sampler's grid
 INVERSION_GRIDS = ("p2pzero", "symmetric")
 REFERENCE_MODES = ("interleaved", "stored")
-OUTPUT_TYPES = ("pil", "np", "latent")
 
 
 @dataclass
 class Pix2PixZeroConOutput:
-    images: Any  # edited images: PIL list, (B, H, W, 3) float array in [0, 1], or latents
-    reconstruction: Any  # the reference trajectory's result, same type
+    images: Any  # edited images as ``output_type`` asks: PIL list, (B, H, W, 3) array, (B, 3, H, W) tensor or latents
+    reconstruction: Any = per_image()  # the reference trajectory's result, same type
     caption: str  # the caption P the image was inverted and reconstructed with
     inverted_latent: torch.Tensor  # x_T, (1, 4, h, w)
     edit_direction: EditDirection  # delta_c, (1, 77, D)
@@ -85,6 +85,8 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
 
     default_model = DEFAULT_SD1_MODEL
     supported_families = (SD1,)
+    #: offered to ``callback_on_step_end`` after every edit step (both may be replaced)
+    _callback_tensor_inputs = ["latents", "reference_latents"]
 
     # ------------------------------------------------------------------------------------------- public API
 
@@ -142,6 +144,8 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         return_log: bool = False,
         callback: Callable[[int, int, dict], None] | None = None,
         output_type: str = "pil",
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> Pix2PixZeroConOutput:
         """Edit ``image``. See the module docstring for the algorithm and spec §3.8 for the defaults.
 
@@ -154,16 +158,22 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         reference step just before the guided step that needs it (one step of maps in memory);
         ``"stored"`` runs the whole reference pass first (optionally keeping its records on the CPU with
         ``offload_reference``); both give identical results. ``gradient_checkpointing`` recomputes the UNet's
-        activations in the guided steps' backward (same result, less memory; default: the pipeline's memory savers). ``inverted_latent`` reuses an x_T from an earlier call
-        (``output.inverted_latent``, same caption and steps). ``callback(step, t, info)`` is called after every edit
-        step with the log entry plus ``latent`` (the edited latent), ``reference_latent``, ``guided_copies`` (the
-        latent copies after the gradient step, None when unguided) and ``stepped_from`` (what the DDIM step started
-        from). Randomness (VAE sampling, roll offsets, patch ids) comes from ``generator`` or ``seed``.
+        activations in the guided steps' backward (same result, less memory; default: the pipeline's memory
+        savers). ``inverted_latent`` reuses an x_T from an earlier call
+        (``output.inverted_latent``, same caption and steps). ``callback_on_step_end(pipe, step, t, kwargs)`` is
+        called after every edit step with the requested ``latents`` (the edited latent) and ``reference_latents``,
+        and may return replacements. The deprecated ``callback(step, t, info)`` gets the log entry plus ``latent``,
+        ``reference_latent``, ``guided_copies`` (the latent copies after the gradient step, None when unguided) and
+        ``stepped_from`` (what the DDIM step started from). Randomness (VAE sampling, roll offsets, patch ids) comes
+        from ``generator`` or ``seed``. A list of images (or a batched tensor) edits each in turn.
         """
+        if is_batch(image):
+            return call_per_item(self, locals(), ("image",))
+        check_output_type(output_type)
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, callback, _legacy_callback)
         _check_choice("guidance_mode", guidance_mode, GUIDANCE_MODES)
         _check_choice("inversion_grid", inversion_grid, INVERSION_GRIDS)
         _check_choice("reference_mode", reference_mode, REFERENCE_MODES)
-        _check_choice("output_type", output_type, OUTPUT_TYPES)
         _check_choice("cut_layers", cut_layers, tuple(CUT_LAYER_SETS))
         from .. import validation as V
 
@@ -183,10 +193,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
             raise InputError(f"guided_step_range must be fractions 0 <= start <= end <= 1, got {guided_step_range}")
         nce = PatchNCESettings(int(cut_num_patches), tuple(int(p) for p in cut_patch_sizes), float(cut_tau))
         reg = RegularizerSettings(float(reg_lambda_ac), float(reg_lambda_kl), int(reg_steps), int(reg_rolls))
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else torch.Generator("cpu")
-            if seed is None:
-                generator.seed()
+        generator = generator_for(generator, seed)
         # two CPU streams seeded from the caller's generator: the regulariser's roll offsets and the patch ids; a
         # reused inversion then leaves the patch ids (and so the edit) exactly as a fresh one would
         inversion_seed, patch_seed = torch.randint(0, 2 ** 62, (2,), generator=generator, device=generator.device).tolist()
@@ -230,7 +237,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
                                lambda_cut=float(lambda_cut), mode=guidance_mode,
                                update_latent_before_step=update_latent_before_step, step_range=(start, end),
                                cut_layers=cut_layers, nce=nce, generator=patch_generator, log=return_log,
-                               callback=callback, store_device="cpu" if offload_reference else None,
+                               step_end=step_end, store_device="cpu" if offload_reference else None,
                                gradient_checkpointing=self.memory_savers.gradient_checkpointing
                                if gradient_checkpointing is None else bool(gradient_checkpointing))
         edited_latent, reference_latent, log = sampler.run(x_T, num_inference_steps, reference_mode)
@@ -353,12 +360,13 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
         return latent.to(self._execution_device, self.unet.dtype)
 
     def _output(self, latents: torch.Tensor, output_type: str):
-        if output_type == "latent":
-            return latents
-        images = self.decode_latents(latents)
-        if output_type == "np":
-            return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
-        return self.to_pil(images)
+        return latents if output_type == "latent" else postprocess(self.decode_latents(latents), output_type)
+
+
+def _legacy_callback(fn, step, t, tensors) -> None:
+    """The deprecated ``callback(step, t, info)``: the log entry plus the step's tensors under their old names."""
+    fn(step, int(t), dict(tensors["info"], latent=tensors["latents"], reference_latent=tensors["reference_latents"],
+                          guided_copies=tensors["guided_copies"], stepped_from=tensors["stepped_from"]))
 
 
 def save_inversion(path: str | os.PathLike, output: Pix2PixZeroConOutput) -> Path:
@@ -395,7 +403,7 @@ class _EditSampler:
     """The two denoising passes of Alg. 1: reference (records) and edit (guided), sharing one attention controller."""
 
     def __init__(self, pipe: Pix2PixZeroConPipeline, *, cond, edited, negative, cfg_scale, guidance_lr, lambda_xa,
-                 lambda_cut, mode, update_latent_before_step, step_range, cut_layers, nce, generator, log, callback,
+                 lambda_cut, mode, update_latent_before_step, step_range, cut_layers, nce, generator, log, step_end,
                  store_device, gradient_checkpointing=False):
         self.pipe, self.unet, self.scheduler = pipe, pipe.unet, pipe.ddim_scheduler  # any SD scheduler config, sampled on the DDIM grid
         self.cond, self.edited, self.negative = cond, edited, negative
@@ -403,7 +411,7 @@ class _EditSampler:
         self.lr, self.lambda_xa, self.lambda_cut = guidance_lr, lambda_xa, lambda_cut
         self.mode, self.update_before = mode, update_latent_before_step
         self.step_range, self.cut_layers, self.nce = step_range, cut_layers, nce
-        self.generator, self.want_log, self.callback, self.store_device = generator, log, callback, store_device
+        self.generator, self.want_log, self.step_end, self.store_device = generator, log, step_end, store_device
         self.checkpointing = gradient_checkpointing
         # no gradient at all when it would be multiplied by zero (spec §3.9: avoids 0 * NaN and the work)
         self.guiding = guidance_lr > 0 and (lambda_xa > 0 or lambda_cut > 0)
@@ -457,8 +465,10 @@ class _EditSampler:
                     entry.update(step=i, t=int(t), reference_steps_held=len(pending))
                     if log is not None:
                         log.append(entry)
-                    if self.callback is not None:
-                        self.callback(i, int(t), dict(entry, latent=x_edit, reference_latent=x_ref, **tensors))
+                    if self.step_end:
+                        changed = self.step_end(i, t, latents=x_edit, reference_latents=x_ref, info=entry, **tensors)
+                        x_edit = changed.pop("latents", x_edit)
+                        x_ref = changed.pop("reference_latents", x_ref)
         finally:
             if probe is not None:
                 probe.close()

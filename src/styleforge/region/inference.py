@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+from diffusers import DiffusionPipeline
 
+from ..diffusion.convention import (call_per_item, check_output_type, deprecated, is_batch, loading_keywords, move_to,
+                                    per_image, postprocess)
 from ..errors import InputError, ModelNotFoundError
 from .lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, check_lift_settings
 from .masks import broadcast_mask, dilate_mask, feather_inside, feather_mask, resample_mask
@@ -208,18 +212,18 @@ def find_model_folder(model: str | os.PathLike | None) -> Path:
     raise ModelNotFoundError(f"{model} is not a region model folder (expected encoder/ and generator/ in it)")
 
 
-def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch.float32):
+def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch.float32, variant: str | None = None):
     """(encoder, generator, info) in eval mode from :func:`find_model_folder`'s answer."""
     folder = find_model_folder(model)
     prefix = "_ema" if (folder / "encoder_ema").is_dir() else ""
     try:
-        encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}", torch_dtype=dtype)
-        generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}", torch_dtype=dtype)
+        encoder = RegionEncoder.from_pretrained(folder / f"encoder{prefix}", torch_dtype=dtype, variant=variant)
+        generator = RegionGenerator.from_pretrained(folder / f"generator{prefix}", torch_dtype=dtype, variant=variant)
         if any(t.is_meta for net in (encoder, generator) for t in net.state_dict().values()):
             raise ValueError("weights missing from the files")  # diffusers leaves absent tensors unloaded (meta)
-    except Exception:  # garbage config.json, swapped or truncated weights: all mean a damaged folder
+    except Exception:  # garbage config.json, swapped or truncated weights, a missing variant: a damaged folder
         raise ModelNotFoundError(f"the region model in {folder} is damaged (its encoder/generator configs or weights "
-                                 "cannot be loaded)") from None
+                                 "cannot be loaded)" + (f" or has no {variant!r} variant" if variant else "")) from None
     info = {}
     if (folder / MODEL_CONFIG).exists():
         try:
@@ -236,42 +240,45 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch
 # --------------------------------------------------------------------------------------------- image level
 
 
-class RegionStylizer:
+@dataclass
+class RegionStylizerOutput:
+    images: Any  # the results as ``output_type`` asks (PIL list, (B, H, W, 3) array or (B, 3, H, W) tensor)
+    working_sizes: list = per_image()  # the size (w, h) the model worked at, for each result
+
+
+class RegionStylizer(DiffusionPipeline):
     """Region-wise photorealistic style transfer (TCP) on images.
 
-    >>> stylizer = RegionStylizer.from_pretrained()          # the bundled model
+    >>> stylizer = RegionStylizer.from_pretrained()          # the bundled model; .to("cuda") to move it
     >>> out = stylizer("content.png", style="style.png", mask="mask.png")
-    >>> out.save("out.png")
+    >>> out.images[0].save("out.png")
 
     Images are worked on at the model's training resolution (the content's shorter side is resized to it, each
     side rounded to a multiple of the encoder's downsampling factor; the style image is centre-cropped and
     resized to a square of that size). ``size`` picks another working resolution.
     """
 
+    model_cpu_offload_seq = "encoder->generator"
+    _callback_tensor_inputs: list[str] = []  # one forward pass: no steps to report
+
     def __init__(self, encoder: RegionEncoder, generator: RegionGenerator, info: dict | None = None):
-        self.encoder = encoder.eval().requires_grad_(False)
-        self.generator = generator.eval().requires_grad_(False)
+        super().__init__()
+        self.register_modules(encoder=encoder.eval().requires_grad_(False), generator=generator.eval().requires_grad_(False))
         self.info = dict(info or {})
         self.image_size = int(self.info.get("image_size", encoder.config.image_size))
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike | None = None, device: str | torch.device = "auto", dtype="fp32") -> "RegionStylizer":
-        """Load the bundled model (``model=None``), a folder written by ``styleforge region train``, or a checkpoint."""
-        from ..runtime import resolve_device, resolve_dtype
-
-        encoder, generator, info = load_model(model, resolve_device(device), resolve_dtype(dtype))
-        return cls(encoder, generator, info)
+    def from_pretrained(cls, model: str | os.PathLike | None = None, *, torch_dtype: torch.dtype | str | None = None,
+                        variant: str | None = None, device=None, dtype=None) -> "RegionStylizer":
+        """Load the bundled model (``model=None``), a folder written by ``styleforge region train``, or a checkpoint,
+        on the CPU in float32 unless ``torch_dtype`` (or ``dtype``) says otherwise; then ``.to(device)``
+        (``device=`` is deprecated)."""
+        torch_dtype, device = loading_keywords(torch_dtype, device, dtype)
+        encoder, generator, info = load_model(model, "cpu", torch_dtype or torch.float32, variant)
+        return move_to(cls(encoder, generator, info), device)
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         return save_model(folder, self.encoder, self.generator, self.info)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.encoder.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.encoder.parameters()).dtype
 
     # ---- image preparation
     def working_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
@@ -371,17 +378,32 @@ class RegionStylizer:
         lift_eps: float = DEFAULT_EPS,
         lift_prior: str = "global",
         lift_sigma: float = DEFAULT_SIGMA,
-    ):
-        """Stylize ``content``. ``style``/``mask`` may be single items or equal-length lists of (style, mask)
-        pairs applied in order; no mask means global transfer.
+        *,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        output_type: str = "pil",
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> RegionStylizerOutput:
+        """Stylize ``content`` (an image, or a list/batch of images each stylized the same way). ``style``/``mask``
+        may be single items or equal-length lists of (style, mask) pairs applied in order; no mask means global
+        transfer.
 
         The model works at ``size`` (default: its training size). ``output_size="native"`` returns the content's
         own size: each edit is lifted onto the full-resolution photo (``detail="guided"``: a local affine colour
         model fitted at working size, see :mod:`styleforge.region.lift`; ``"none"``: the result upsampled) and,
         with ``paste_back``, composited inside the full-resolution mask (its edge softened inward by ``feather``
         working pixels), so every pixel outside the masks equals the input's. ``"working"`` returns the
-        working-size result as the model gives it. Returns an RGB PIL image."""
-        from ..io import load_image, tensor_to_pil
+        working-size result as the model gives it. Inference is deterministic (``generator``/``seed`` are accepted
+        for the common convention and change nothing); it is one forward pass, so there are no steps: a
+        ``callback_on_step_end`` and ``output_type="latent"`` are refused."""
+        if is_batch(content):
+            return call_per_item(self, locals(), ("content",))
+        check_output_type(output_type, has_latents=False)
+        if callback_on_step_end is not None:
+            raise InputError("the region stylizer is one forward pass with no denoising steps: callback_on_step_end "
+                             "does not apply")
+        from ..io import load_image, pil_to_tensor
         from ..validation import Number, fraction
 
         fraction.check(strength, "strength")
@@ -399,8 +421,10 @@ class RegionStylizer:
             masks = [(s, self.prepare_mask(m, w, h) if m is not None else None) for s, m in edits]
             out = apply_edits(self.encoder, self.generator, self._to_tensor(work), masks, strength=strength,
                               paste_back=paste_back, paste_margin=margin, **region_kwargs)
-            return tensor_to_pil(out)[0]
-        return self._native(full, edits, (w, h), strength, paste_back, margin, feather, region_kwargs, settings)
+            return RegionStylizerOutput(postprocess(out, output_type), [(w, h)])
+        image = self._native(full, edits, (w, h), strength, paste_back, margin, feather, region_kwargs, settings)
+        images = [image] if output_type == "pil" else postprocess(pil_to_tensor(image), output_type)
+        return RegionStylizerOutput(images, [(w, h)])
 
     def _native(self, full, edits, working, strength, paste_back, margin, feather, region_kwargs, settings):
         """Edits chained at full resolution: each one reads a working-size copy of the current photo."""
@@ -427,7 +451,10 @@ class RegionStylizer:
             current = self._lift(x, y, current, detail, lift_kwargs, fit_weight, weight)
         return Image.fromarray(current)
 
-    apply = __call__
+    def apply(self, *args, **kwargs):
+        """The result of ``__call__`` as one PIL image (the older return value); deprecated."""
+        deprecated("RegionStylizer.apply(...)", "RegionStylizer(...).images[0]")
+        return self(*args, **kwargs).images[0]
 
     def interpolate(self, source, target, alphas: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), what: str = "style",
                     size: int | None = None, output_size: str = "native", detail: str = "guided",
