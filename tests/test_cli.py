@@ -117,3 +117,19 @@ def test_old_flag_spellings_still_work_with_a_deprecation_warning(tmp_path, caps
     assert main(["tiny-model", str(tmp_path / "m"), "--overwrite", "false"]) == 0
     err = capsys.readouterr().err
     assert err.strip() == "styleforge: warning: `--overwrite false` is deprecated; use --no-overwrite"
+
+
+def test_dtype_auto_is_half_on_cuda_and_fp32_elsewhere(monkeypatch):
+    """--dtype defaults to auto for inference (fp16 on a CUDA GPU, as diffusers users pass it) and fp32 for training."""
+    import torch
+
+    from styleforge import options
+    from styleforge.runtime import resolve_dtype
+
+    assert options.make_args("region", {"content": "a.png", "style": "s.png", "output": "o.png"}).dtype == "auto"
+    assert options.command_parser("pair-train").get_default("dtype") == "fp32"
+    assert options.command_parser("oneshot-train").get_default("dtype") == "fp32"
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_dtype("auto", "cuda") == torch.float16 and resolve_dtype("auto", "auto") == torch.float16
+    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("bf16", "cuda") == torch.bfloat16

@@ -28,9 +28,12 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str | torch.dtype | None = "fp32") -> torch.dtype:
+def resolve_dtype(name: str | torch.dtype | None = "fp32", device: str | torch.device | None = None) -> torch.dtype:
+    """``auto`` is half precision on a CUDA GPU (what diffusers users pass there) and fp32 elsewhere."""
     if isinstance(name, torch.dtype):
         return name
+    if isinstance(name, str) and name.lower() == "auto":
+        return torch.float16 if resolve_device(device).type == "cuda" else torch.float32
     try:
         return _DTYPES[(name or "fp32").lower()]
     except KeyError:

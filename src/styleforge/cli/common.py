@@ -14,7 +14,8 @@ from .. import validation as V
 from ..validation import fraction_pair, int_pair  # noqa: F401  (START,END options of several commands)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+DTYPE_HELP = "weights and activations precision; auto = fp16 on a CUDA GPU, fp32 elsewhere"
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,11 +39,12 @@ def add_common_args(
     output_required: bool = True,
     output_help: str = "output PNG file",
     seed_default: int | None = 0,
+    dtype_default: str = "auto",  # training commands pass "fp32"
 ) -> None:
     g = parser.add_argument_group("common options")
     g.add_argument("--model", default=model_default, help=model_help)
     g.add_argument("--device", choices=DEVICES, default="auto", help="where to run; auto picks cuda, then mps, then cpu")
-    g.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision")
+    g.add_argument("--dtype", choices=DTYPES, default=dtype_default, help=DTYPE_HELP)
     g.add_argument("--seed", type=int, default=seed_default, help="random seed (results are reproducible per seed)")
     g.add_argument("-o", "--output", required=output_required, help=output_help)
     g.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace existing output files")
@@ -159,7 +161,9 @@ def load_pipeline(cls, args):
     offloading = savers.offload != "none"
 
     def load():
-        pipe = cls.from_pretrained(args.model, torch_dtype=args.dtype, offline=args.offline or None)
+        from ..runtime import resolve_dtype
+
+        pipe = cls.from_pretrained(args.model, torch_dtype=resolve_dtype(args.dtype, args.device), offline=args.offline or None)
         if not offloading:
             pipe.to(resolve_device(args.device))
         if savers != type(savers)():

@@ -7,7 +7,7 @@ import argparse
 from argparse import BooleanOptionalAction
 
 from .. import validation as V
-from .common import DEVICES, DTYPES, add_subcommand
+from .common import DEVICES, DTYPE_HELP, DTYPES, add_subcommand
 
 METRIC_COMMANDS = ("lpips", "ssim", "psnr", "gram", "structure", "dreamsim", "identity", "fid", "artfid", "iou", "clip-score")
 
@@ -69,7 +69,7 @@ def register(sub) -> None:
     g = p.add_argument_group("options passed to every method")
     g.add_argument("--model", default=None, help="model of the methods (each method's default when omitted)")
     g.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
-    g.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision")
+    g.add_argument("--dtype", choices=DTYPES, default="auto", help=DTYPE_HELP)
     g.add_argument("--offline", action=BooleanOptionalAction, default=False, help="never contact the hub (also HF_HUB_OFFLINE=1)")
     g.add_argument("--overwrite", action=BooleanOptionalAction, default=False, help="replace an existing report and outputs")
     p.set_defaults(func=run)

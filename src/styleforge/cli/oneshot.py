@@ -81,7 +81,7 @@ def _device_dtype(args, train: bool = False):
     from ..errors import InputError
     from ..runtime import resolve_device, resolve_dtype
 
-    dtype = resolve_dtype(args.dtype)
+    dtype = resolve_dtype(args.dtype, args.device)
     if train and str(dtype) != "torch.float32":
         raise InputError("training runs in fp32 (Adam updates at lr 5e-6 vanish in half precision)")
     return resolve_device(args.device), dtype
@@ -184,7 +184,7 @@ def _register_train(steps) -> None:
     g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
     add_memory_args(p, offload=None, vae=False, checkpointing="recompute eps_B activations in backward (exact; less memory, more time)")
     add_common_args(p, model_default=DEFAULT_DIFFAE, model_help="DiffAE FFHQ-256 autoencoder: official last.ckpt or a saved folder",
-                    output_help="run folder (from prepare)")
+                    output_help="run folder (from prepare)", dtype_default="fp32")
     p.set_defaults(func=run_train)
 
 

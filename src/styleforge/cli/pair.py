@@ -84,7 +84,8 @@ def _register_train(actions) -> None:
     g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
     add_memory_args(p, offload=("none", "model"), vae=False,
                     checkpointing="recompute UNet activations in backward (exact; less memory, slower)")
-    add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="style folder to write (style.safetensors, style.json, checkpoints/)")
+    add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="style folder to write (style.safetensors, style.json, checkpoints/)",
+                    dtype_default="fp32")
     p.set_defaults(func=run_train)
 
 

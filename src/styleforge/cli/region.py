@@ -171,11 +171,12 @@ def _register_train(sub) -> None:
 
 def _stylizer(args):
     from ..region.inference import RegionStylizer
-    from ..runtime import resolve_device
+    from ..runtime import resolve_device, resolve_dtype
     from .common import cached_model
 
+    dtype = resolve_dtype(args.dtype, args.device)
     return cached_model(("RegionStylizer", args.model, args.device, args.dtype),
-                        lambda: RegionStylizer.from_pretrained(args.model, torch_dtype=args.dtype).to(resolve_device(args.device)))
+                        lambda: RegionStylizer.from_pretrained(args.model, torch_dtype=dtype).to(resolve_device(args.device)))
 
 
 def run_apply(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import validation as V
-from .common import DEVICES, DTYPES, add_subcommand, str2bool
+from .common import DEVICES, DTYPE_HELP, DTYPES, add_subcommand, str2bool
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -22,7 +22,7 @@ def register(sub) -> None:
                                                   "(unset: each command's own)")
     p.add_argument("--region-model", default=None, help="region model folder (unset: the bundled model)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where every run happens")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and activations precision of every run")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help=DTYPE_HELP)
     p.add_argument("--offline", action="store_true", help="never contact the hub (also HF_HUB_OFFLINE=1)")
     p.add_argument("--share", type=str2bool, default=False, help="also open a public gradio.live link (exposes the page)")
     p.add_argument("--max-file-size", default="50mb", help="largest accepted upload, e.g. 20mb or 1gb")

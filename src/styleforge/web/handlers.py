@@ -47,7 +47,7 @@ class ServerSettings:
     model: str | None = None  # default Stable Diffusion model of the diffusion tabs
     region_model: str | None = None  # region model folder (None: the bundled model)
     device: str = "auto"
-    dtype: str = "fp32"
+    dtype: str = "auto"
     offline: bool = False
 
     def values_for(self, command: str) -> dict[str, Any]:
@@ -58,7 +58,7 @@ class ServerSettings:
             values["model"] = self.region_model
         if self.device != "auto":
             values["device"] = self.device
-        if self.dtype != "fp32" and command != "oneshot-train":
+        if self.dtype != "auto" and command != "oneshot-train":  # else each command's own default
             values["dtype"] = self.dtype
         if self.offline:
             values["offline"] = True
