@@ -208,7 +208,8 @@ def test_progress_bar_follows_a_diffusion_run(page):
     page.locator("#translate-source input, #translate-source textarea").first.fill("cat")
     page.locator("#translate-target input, #translate-target textarea").first.fill("dog")
     page.locator("#translate-caption input, #translate-caption textarea").first.fill("a photo of a cat")
-    page.locator("#translate-steps input").first.fill("8")
+    # long enough (a few seconds) for Gradio's throttled progress updates to reach the page even on a quiet machine
+    page.locator("#translate-steps input").first.fill("100")
     page.locator("#tab-translate").get_by_text("Advanced (the command's other options").click()
     page.locator("#tab-translate #opt-size input").first.fill("32")
     page.locator("#tab-translate #opt-reg_steps input").first.fill("0")
@@ -218,6 +219,6 @@ def test_progress_bar_follows_a_diffusion_run(page):
     bar = page.locator("#tab-translate .progress-bar").first
     bar.wait_for(state="attached", timeout=120_000)
     command = wait_for_new_command(page, "tab-translate", "", timeout_s=300)
-    assert command.startswith("styleforge translate content_landscape.png ") and "--steps=8" in command.replace(
+    assert command.startswith("styleforge translate content_landscape.png ") and "--steps=100" in command.replace(
         "--num-inference-steps", "--steps")
     page.wait_for_selector("#tab-translate .sf-result img")

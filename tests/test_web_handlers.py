@@ -35,7 +35,7 @@ def test_advanced_controls_come_from_the_parser():
     assert not set(REGION_MAIN) & set(controls) and not {"output", "overwrite", "device", "dtype"} & set(controls)
     kinds = {dest: H.control_kind(o) for dest, o in controls.items()}
     assert kinds["composition"] == "dropdown" and kinds["feather"] == "number" and kinds["save_strip"] == "checkbox" and kinds["output_size"] == "dropdown"
-    assert kinds["paste_margin"] == "number" and controls["paste_margin"].default is None
+    assert kinds["paste_margin"] == "text" and controls["paste_margin"].default is None  # empty = not given
     assert controls["composition"].choices == ("feature", "pixel", "content_code")
     # a flag the command gains appears on the page without page code
     parser_dests = {o.dest for o in options.method_options("appearance")}
@@ -72,11 +72,15 @@ def test_changed_controls_parse_like_the_command_line():
 
 
 def test_bad_control_values_are_one_line_refusals():
-    opt = next(o for o in options.method_options("region") if o.dest == "paste_margin")
-    with pytest.raises(InputError, match="--paste-margin expects a whole number"):
+    opt = next(o for o in options.method_options("region") if o.dest == "lift_radius")
+    with pytest.raises(InputError, match="--lift-radius expects a whole number"):
         H.value_from_control(opt, 2.5)
-    with pytest.raises(InputError, match="--paste-margin expects a number"):
+    with pytest.raises(InputError, match="--lift-radius expects a number"):
         H.value_from_control(opt, "wide")
+    margin = next(o for o in options.method_options("region") if o.dest == "paste_margin")  # a text box: the parser refuses
+    with pytest.raises(InputError, match="--paste-margin"):
+        options.make_args("region", {"content": "a.png", "style": "s.png", "output": "o.png",
+                                     "paste_margin": H.value_from_control(margin, "wide")})
     pair = next(o for o in options.method_options("appearance") if o.dest == "adain_range")
     with pytest.raises(InputError, match="--adain-range"):
         options.make_args("appearance", {"structure": "s", "appearance": "a", "output": "o",
@@ -359,3 +363,16 @@ def test_appearance_shows_transfer_strip_and_reconstructions(tmp_path, tiny_sd1_
                                           "save_reconstructions": True, "save_masks": True}, H.upload_names([STYLE]))
     assert [c for _, c in result.images] == ["result", "appearance_recon", "strip", "structure_recon"]
     assert result.settings["method"] == "cross-image-attention" and "--appearance=style_coffee.png" in result.command
+
+
+def test_numbers_without_a_default_are_empty_text_boxes_that_add_no_flag():
+    """--paste-margin / --vae-tile-size default to "not given": an empty box must leave them so (a number box sends 0)."""
+    for command, dest in (("region", "paste_margin"), ("translate", "vae_tile_size")):
+        option = next(o for o in options.method_options(command) if o.dest == dest)
+        assert option.default is None and H.control_kind(option) == "text" and H.shown_default(option) == ""
+        assert H.value_from_control(option, "") is None and H.value_from_control(option, None) is None
+        assert H.value_from_control(option, " 64 ") == "64"
+    margin = next(o for o in options.method_options("region") if o.dest == "paste_margin")
+    args = options.make_args("region", {"content": "a.png", "style": "s.png", "output": "o.png",
+                                        "paste_margin": H.value_from_control(margin, "")})
+    assert args.paste_margin is None

@@ -85,7 +85,8 @@ def control_kind(option: options.Option) -> str:
     if option.kind == "choice":
         return "dropdown"
     if option.kind in ("int", "float"):
-        return "number"
+        # a number box cannot be empty (it sends 0), so an option whose default is "not given" is typed as text
+        return "text" if option.default is None else "number"
     return "text"
 
 
