@@ -220,13 +220,17 @@ def make_args(method: str, values: Mapping[str, Any]) -> argparse.Namespace:
     argv = to_argv(method, values)
     args = command_parser(method).parse_args(argv[len(get_command(method).words):])
     args.debug = False
-    args.command_line = command_line(method, values)
+    args.command_line = _shell_line(argv)
     return args
 
 
 def command_line(method: str, values: Mapping[str, Any]) -> str:
     """``styleforge ...`` that reproduces a result made from ``values``, ready to paste into a shell."""
-    return "styleforge " + " ".join(shlex.quote(t) for t in to_argv(method, values))
+    return _shell_line(to_argv(method, values))
+
+
+def _shell_line(argv: list[str]) -> str:
+    return "styleforge " + " ".join(shlex.quote(t) for t in argv)
 
 
 def run_method(method: str, values: Mapping[str, Any]) -> argparse.Namespace:
