@@ -71,9 +71,8 @@ class TrainConfig:
             V.count.check(getattr(self, name), name)
         for name in ("lr", "spn_lr"):
             V.positive.check(getattr(self, name), name)
-        for name in ("spn_weight", "style_spn_weight", *(f"weights.{k}" for k in vars(self.weights))):
-            value = getattr(self.weights, name[8:]) if name.startswith("weights.") else getattr(self, name)
-            V.non_negative.check(value, name)
+        V.check_all(spn_weight=(self.spn_weight, V.non_negative), style_spn_weight=(self.style_spn_weight, V.non_negative),
+                    **{f"weights.{k}": (v, V.non_negative) for k, v in vars(self.weights).items()})
         for name in ("checkpoint_every", "sample_every", "keep_checkpoints"):
             V.non_negative_int.check(getattr(self, name), name)
         V.open_fraction.check(self.t0_ratio, "t0_ratio")

@@ -16,6 +16,7 @@ stopped is one small piece of state switched by a context manager.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
@@ -84,6 +85,7 @@ _KEY_PREFIX = "adapter__"
 _PROBE = nn.ModuleDict()
 
 
+@functools.lru_cache(maxsize=None)  # called for every adapter in every adapted layer's forward
 def adapter_key(name: str) -> str:
     """The ModuleDict key under which adapter ``name`` is stored."""
     return _KEY_PREFIX + name if hasattr(_PROBE, name) or name.startswith(_KEY_PREFIX) else name

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import InputError, OutputError
+from ..io import atomic_write
 
 STYLE_WEIGHTS = "style.safetensors"
 STYLE_META = "style.json"
@@ -126,9 +127,11 @@ class StyleAdapter:
         weights = folder / weights_name
         if weights.exists() and not overwrite:
             raise OutputError(f"output exists: {weights} (pass --overwrite to replace it)")
-        atomic_write(weights, lambda tmp: save_file(self.state_dict(), tmp, metadata={_HEADER_KEY: text, "format": "pt"}))
+        with atomic_write(weights) as tmp:
+            save_file(self.state_dict(), str(tmp), metadata={_HEADER_KEY: text, "format": "pt"})
         if meta_name:
-            atomic_write(folder / meta_name, lambda tmp: Path(tmp).write_text(text + "\n"))
+            with atomic_write(folder / meta_name) as tmp:
+                tmp.write_text(text + "\n")
         return weights
 
     @classmethod
@@ -228,20 +231,3 @@ def foreign_metadata(tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> d
     return {"format": FOREIGN_FORMAT, "family": family, "base_model": base, "style_word": "", "alpha": None,
             "targets": list(DEFAULT_TARGETS) if covered else sorted(tensors)}
 
-
-def atomic_write(path: Path, write) -> Path:
-    """``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    from ..io import atomic_write as atomic
-
-    with atomic(path) as tmp:
-        write(tmp)
-    return Path(path)
-
-
-def atomic_dir(final: Path, fill) -> Path:
-    """``fill(tmp_dir)`` then rename the folder onto ``final`` (replacing an older one)."""
-    from ..io import atomic_folder
-
-    with atomic_folder(final) as tmp:
-        fill(tmp)
-    return Path(final)

@@ -33,9 +33,9 @@ from ..diffusion.prompts import Conditioning
 from .. import validation as V
 from ..errors import InputError, OutputError
 from ..runtime import stop_if_diverged, stop_if_weights_diverged
-from ..io import ImageLike, load_image, make_strip, pil_to_tensor, save_image
+from ..io import ImageLike, atomic_folder, atomic_write, load_image, make_strip, pil_to_tensor, save_image
 from .adapters import CONTENT, DEFAULT_BASIS_SEED, DEFAULT_TARGETS, STYLE, UNetAdapters, attach_pair_adapters
-from .style_io import CONTENT_DIR, STYLE_WEIGHTS, StyleAdapter, atomic_dir, atomic_write, style_prompt
+from .style_io import CONTENT_DIR, STYLE_WEIGHTS, StyleAdapter, style_prompt
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 CHECKPOINTS = "checkpoints"
@@ -108,8 +108,6 @@ class PairCustomizationConfig:
             raise InputError(f"mixed_precision must be one of {MIXED_PRECISION}")
         if not 0.0 <= self.flip_probability <= 1.0:
             raise InputError("flip_probability must be in [0, 1]")
-        if self.lr <= 0:
-            raise InputError("lr must be > 0")
         V.check_all(lr=(self.lr, V.positive), weight_decay=(self.weight_decay, V.non_negative),
                     adam_beta1=(self.adam_beta1, V.Number(float, 0, 0.999999)),
                     adam_beta2=(self.adam_beta2, V.Number(float, 0, 0.999999)), adam_eps=(self.adam_eps, V.positive),
@@ -391,7 +389,8 @@ class PairCustomizationTrainer:
             result.style.save(out)
             if result.content is not None:
                 result.content.save(out / CONTENT_DIR)  # its own folder: the style folder keeps one LoRA file
-            atomic_write(out / "losses.json", lambda tmp: Path(tmp).write_text(json.dumps(self.history)))
+            with atomic_write(out / "losses.json") as tmp:
+                tmp.write_text(json.dumps(self.history))
         return result
 
     # ------------------------------------------------------------------------------------------- export
@@ -447,7 +446,9 @@ class PairCustomizationTrainer:
                     "family": self.pipe.family}
             (tmp / "state.json").write_text(json.dumps(info))
 
-        folder = atomic_dir(Path(folder), fill)
+        folder = Path(folder)
+        with atomic_folder(folder) as tmp:
+            fill(tmp)
         self._prune_checkpoints(folder.parent)
         return folder
 
