@@ -273,11 +273,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = False, input
     if path.is_dir():
         raise OutputError(f"output path is a folder: {path}")
     check_not_an_input(path, inputs)
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{path}'s parent {parent} is a file, not a folder")
-            break
+    _check_parents(path)
     if path.exists() and not overwrite:
         raise OutputError(f"output exists: {path} (pass --overwrite to replace it)")
     return path
@@ -322,14 +318,19 @@ def _final_mode(path: Path, base: int = 0o666) -> int:
         return base & ~_umask()
 
 
-def ensure_parent(path: str | os.PathLike) -> Path:
-    """Create ``path``'s parent folders, refusing in one line when a parent is a file or cannot be created."""
-    path = Path(path)
+def _check_parents(path: Path) -> None:
+    """Refuse ``path`` when its nearest existing parent is a file (the OS would say "not a directory")."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise OutputError(f"{path}'s parent {parent} is a file, not a folder")
             break
+
+
+def ensure_parent(path: str | os.PathLike) -> Path:
+    """Create ``path``'s parent folders, refusing in one line when a parent is a file or cannot be created."""
+    path = Path(path)
+    _check_parents(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

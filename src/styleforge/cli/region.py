@@ -188,8 +188,6 @@ def run_apply(args) -> int:
     strip_path = sibling_path(out, "strip")
     if args.save_strip:
         check_output_path(strip_path, overwrite=args.overwrite, inputs=inputs)
-    if not 0.0 <= args.strength <= 1.0:
-        raise InputError(f"--strength must lie in [0, 1], got {args.strength}")
     if args.mask and len(args.mask) != len(args.style):
         raise InputError(f"got {len(args.style)} --style but {len(args.mask)} --mask; give one mask per style, or none")
     lift_metadata = _lift_metadata(args)  # checks the lift settings before the model is loaded
@@ -227,12 +225,9 @@ def run_apply(args) -> int:
 def run_interpolate(args) -> int:
     from PIL import Image
 
-    from ..errors import InputError
     from ..io import check_output_path, make_strip, save_image
 
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=[args.source, args.target])
-    if args.steps < 2:
-        raise InputError("--steps must be at least 2")
     lift_metadata = _lift_metadata(args)
     stylizer = _stylizer(args)
     alphas = [i / (args.steps - 1) for i in range(args.steps)]

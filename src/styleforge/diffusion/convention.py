@@ -71,7 +71,9 @@ def generator_for(generator: torch.Generator | None, seed: int | None, device: s
         if isinstance(generator, (list, tuple)):
             raise InputError("pass one torch.Generator; lists of generators are not supported")
         return generator
-    return torch.Generator(device).manual_seed(int(seed) if seed is not None else int(torch.seed()))
+    from ..runtime import make_generator
+
+    return make_generator(seed if seed is not None else torch.seed(), device)
 
 
 # --------------------------------------------------------------------------------------------- inputs

@@ -188,9 +188,7 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
                             ("reg_lambda_ac", reg_lambda_ac), ("reg_lambda_kl", reg_lambda_kl)):
             if not (math.isfinite(value) and value >= 0):
                 raise InputError(f"{name} must be a finite number >= 0, got {value}")
-        start, end = guided_step_range
-        if not 0 <= start <= end <= 1:
-            raise InputError(f"guided_step_range must be fractions 0 <= start <= end <= 1, got {guided_step_range}")
+        start, end = guided_step_range  # ordered fractions: checked by V.fraction_pair above
         nce = PatchNCESettings(int(cut_num_patches), tuple(int(p) for p in cut_patch_sizes), float(cut_tau))
         reg = RegularizerSettings(float(reg_lambda_ac), float(reg_lambda_kl), int(reg_steps), int(reg_rolls))
         generator = generator_for(generator, seed)
