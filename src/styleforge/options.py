@@ -220,16 +220,16 @@ def make_args(method: str, values: Mapping[str, Any]) -> argparse.Namespace:
     argv = to_argv(method, values)
     args = command_parser(method).parse_args(argv[len(get_command(method).words):])
     args.debug = False
-    args.command_line = _shell_line(argv)
+    args.command_line = shell_line(argv)
     return args
 
 
 def command_line(method: str, values: Mapping[str, Any]) -> str:
     """``styleforge ...`` that reproduces a result made from ``values``, ready to paste into a shell."""
-    return _shell_line(to_argv(method, values))
+    return shell_line(to_argv(method, values))
 
 
-def _shell_line(argv: list[str]) -> str:
+def shell_line(argv: list[str]) -> str:
     return "styleforge " + " ".join(shlex.quote(t) for t in argv)
 
 

@@ -14,13 +14,12 @@ import functools
 import hashlib
 import json
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InputError
-from ..options import METHODS, RUN_OPTIONS, command_parser, get_method, method_options, to_argv
+from ..options import METHODS, RUN_OPTIONS, shell_line, command_parser, get_method, method_options, to_argv
 
 #: manifest columns that are not options: the output name of the row (relative to the batch folder)
 NAME_COLUMNS = ("name", "output")
@@ -113,7 +112,7 @@ def parse_job(method: str, argv: Sequence[str], output: str) -> argparse.Namespa
     tokens = [*argv, f"--output={output}"]
     args = _parser(method).parse_args(tokens)
     args.debug = False
-    args.command_line = "styleforge " + " ".join(shlex.quote(t) for t in (*get_method(method).words, *tokens))
+    args.command_line = shell_line([*get_method(method).words, *tokens])
     return args
 
 
@@ -236,11 +235,9 @@ class FileHashes:
         st = os.stat(path)
         key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
         if key not in self._seen:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            self._seen[key] = h.hexdigest()
+            from ..cache import _sha256_file
+
+            self._seen[key] = _sha256_file(Path(path))
         return self._seen[key]
 
 
@@ -268,12 +265,6 @@ def job_id(key: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _safe(text: str) -> str:
-    from ..compare import _safe_name
-
-    return _safe_name(text)
-
-
 def _default_name(method: str, values: Mapping[str, Any]) -> str:
     """Input file stems joined by ``__`` (several files of one option by ``+``)."""
     parts = []
@@ -282,7 +273,9 @@ def _default_name(method: str, values: Mapping[str, Any]) -> str:
         if value is None:
             continue
         files = value if isinstance(value, (list, tuple)) else [value]
-        parts.append("+".join(_safe(Path(str(f)).stem) for f in files))
+        from ..compare import _safe_name
+
+        parts.append("+".join(_safe_name(Path(str(f)).stem) for f in files))
     return "__".join(parts) or "job"
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..options import METHODS
 from .common import HelpFormatter
 
-METHOD_NAMES = ("region", "appearance", "translate", "pair", "oneshot")
+METHOD_NAMES = tuple(METHODS)
 
 DESCRIPTION = """\
 Run METHOD on many inputs with its model loaded once per process. Jobs come from a manifest (CSV with a header,
