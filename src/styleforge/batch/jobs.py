@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InputError
-from ..options import METHODS, RUN_OPTIONS, shell_line, command_parser, get_method, method_options, to_argv
+from ..options import METHODS, RUN_OPTIONS, command_parser, get_method, method_options, shell_line, to_argv
 
 #: manifest columns that are not options: the output name of the row (relative to the batch folder)
 NAME_COLUMNS = ("name", "output")

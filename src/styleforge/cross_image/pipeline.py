@@ -183,7 +183,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
             generator = generator_for(generator, seed, device="cuda" if device.type == "cuda" else "cpu")
             inv_settings = dict(prompt=prompt, negative_prompt="", guidance_scale=float(inversion_guidance_scale),
                                 model_id=self.model_id, family=self.family,
-                                weights=self.weights_fingerprint if inversion_cache is not None else "",
+                                weights=self.weights_fingerprint if use_cache else "",  # hashing is only for the cache
                                 extra={"freeu": freeu, "freeu_config": dataclasses.asdict(freeu_config),
                                        "dtype": str(self.unet.dtype), "zero_last_noise": True,
                                        "noise_draws": NOISE_DRAWS, "rng_device": generator.device.type})
