@@ -240,6 +240,16 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", dtype=torch
 # --------------------------------------------------------------------------------------------- image level
 
 
+def _resized(img, size: tuple[int, int]):
+    """``img`` at ``size`` (bicubic), or ``img`` itself when it already has that size."""
+    return img.resize(size, resample=3) if img.size != size else img
+
+
+def _lift_kwargs(settings: dict) -> dict:
+    """The lift's keywords out of the settings recorded with a result."""
+    return {k: settings[k] for k in ("radius", "eps", "prior", "sigma")}
+
+
 @dataclass
 class RegionStylizerOutput:
     images: Any  # the results as ``output_type`` asks (PIL list, (B, H, W, 3) array or (B, 3, H, W) tensor)
@@ -305,7 +315,7 @@ class RegionStylizer(DiffusionPipeline):
 
         img = load_image(image, name="content image")
         w, h = self.working_size(*img.size, size=size)
-        return img.resize((w, h), resample=3) if img.size != (w, h) else img
+        return _resized(img, (w, h))
 
     def prepare_style(self, image, size: int | None = None):
         from ..io import center_crop_resize, load_image
@@ -417,7 +427,7 @@ class RegionStylizer(DiffusionPipeline):
         w, h = self.working_size(*full.size, size=size)
         edits = [(self._to_tensor(self.prepare_style(s, size)), m) for s, m in pairs]
         if output_size == "working":
-            work = full.resize((w, h), resample=3) if full.size != (w, h) else full
+            work = _resized(full, (w, h))
             masks = [(s, self.prepare_mask(m, w, h) if m is not None else None) for s, m in edits]
             out = apply_edits(self.encoder, self.generator, self._to_tensor(work), masks, strength=strength,
                               paste_back=paste_back, paste_margin=margin, **region_kwargs)
@@ -437,10 +447,10 @@ class RegionStylizer(DiffusionPipeline):
         width, height = full.size
         w, h = working
         detail = settings["detail"]
-        lift_kwargs = {k: settings[k] for k in ("radius", "eps", "prior", "sigma")}
+        lift_kwargs = _lift_kwargs(settings)
         for style_t, mask in edits:
             work = Image.fromarray(current)
-            x = self._to_tensor(work.resize((w, h), resample=3) if work.size != (w, h) else work)
+            x = self._to_tensor(_resized(work, (w, h)))
             mask_w = self.prepare_mask(mask, w, h) if mask is not None else None
             pasting = paste_back and mask is not None
             y = edit(self.encoder, self.generator, x, style_t, mask_w, strength, margin if pasting else 0, **region_kwargs)
@@ -474,7 +484,7 @@ class RegionStylizer(DiffusionPipeline):
         settings = lift_settings(output_size, detail, lift_radius, lift_eps, lift_prior, lift_sigma)
         full = load_image(source, name="source image")
         w, h = self.working_size(*full.size, size=size)
-        src = full.resize((w, h), resample=3) if full.size != (w, h) else full
+        src = _resized(full, (w, h))
         # the target is cropped to the source's working size so content codes line up cell by cell
         tgt = center_crop_resize(load_image(target, name="target image"), src.size)
         x = self._to_tensor(src)
@@ -482,7 +492,7 @@ class RegionStylizer(DiffusionPipeline):
         if output_size == "working":
             return tensor_to_pil(out)
         detail = settings["detail"] if what == "style" else "none"
-        lift_kwargs = {k: settings[k] for k in ("radius", "eps", "prior", "sigma")}
+        lift_kwargs = _lift_kwargs(settings)
         image = np.array(full)
         return [Image.fromarray(self._lift(x, frame[None], image, detail, lift_kwargs)) for frame in out]
 
