@@ -376,3 +376,14 @@ def test_numbers_without_a_default_are_empty_text_boxes_that_add_no_flag():
     args = options.make_args("region", {"content": "a.png", "style": "s.png", "output": "o.png",
                                         "paste_margin": H.value_from_control(margin, "")})
     assert args.paste_margin is None
+
+
+def test_compare_size_left_empty_keeps_each_methods_own_size_and_256_is_passed(tmp_path, monkeypatch):
+    """The Compare tab's --size: empty = the command's default (native sizes); any number, 256 included, is passed."""
+    seen = []
+    monkeypatch.setattr(H, "run_command", lambda command, values, *a, **k: seen.append(values) or (_ for _ in ()).throw(
+        InputError("stop")))
+    for size in ("", 256):
+        with pytest.raises(InputError, match="stop"):
+            H.compare(tmp_path, H.ServerSettings(), [CONTENT], [STYLE], ["region"], size, 0, {})
+    assert "size" not in seen[0] and seen[1]["size"] == "256"

@@ -527,7 +527,8 @@ def compare_tab(app: App) -> None:
         references = gr.File(label="Reference images", file_count="multiple", file_types=["image"], type="filepath")
         with gr.Column():
             methods = gr.CheckboxGroup(choices=list(available_methods()), value=["region"], label="--methods")
-            size = gr.Number(value=256, precision=0, label="--size", info=_help("compare", "size"))
+            # a text box: empty means the command's default (each method's own size); a number box would send 0
+            size = gr.Textbox(value="", max_lines=1, label="--size", info=_help("compare", "size"))
             seed = gr.Number(value=0, precision=0, label="--seed")
     advanced = advanced_controls("compare", main, server=app.server)
     run, cancel = _buttons()

@@ -567,8 +567,8 @@ def compare(job: Path, server: ServerSettings, contents: Sequence[str], referenc
     pairs = job / "pairs.txt"
     pairs.write_text("".join(f"{c}\t{r}\n" for c, r in zip(contents, references)))
     values = {**server.values_for("compare"), "pairs": str(pairs), "methods": ",".join(methods), **extra}
-    if size is not None and int(size) != 256:
-        values["size"] = int(size)
+    if size is not None and str(size).strip():  # empty: each method at its own size (the command's default)
+        values["size"] = str(size).strip()
     if seed is not None and int(seed) != 0:
         values["seed"] = int(seed)
     result = run_command("compare", values, job, {**(names or {}), str(pairs): "pairs.txt"}, output_name="report")
