@@ -177,7 +177,9 @@ def test_edit_friendly_inversion_matches_ledits_pp(ours, ledits, prompt):
     # same draws in the same order (one latent-shaped draw per step, least noisy first): x_T is bit-identical
     assert torch.equal(inv.latents[0], reference_x_T)
     scale = float(reference_noise.abs().max())  # the last maps are large on a random UNet (tiny sigma)
-    assert torch.allclose(inv.noise, reference_noise, atol=2e-6 * scale, rtol=0), float((inv.noise - reference_noise).abs().max())
+    # 1e-5 of the largest map: dividing by a tiny sigma amplifies fp32 rounding, which differs between CPUs (2.04e-6
+    # measured on an AMD EPYC, under 2e-6 on the Intel machine that first ran it); a wrong draw differs by O(1)
+    assert torch.allclose(inv.noise, reference_noise, atol=1e-5 * scale, rtol=0), float((inv.noise - reference_noise).abs().max())
     # negative controls: drawing all maps in one call in grid order (the old order) gives another x_T, and the
     # official zeroed last map differs from LEDITS++ there and only there
     a = alpha_bar(ours.ddim_scheduler, inv.timesteps[0])
