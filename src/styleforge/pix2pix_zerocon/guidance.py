@@ -68,6 +68,9 @@ class GuidanceProbe:
         #: read reference entries without popping them: gradient checkpointing replays the compared forward in
         #: backward, and the replay must find (and do) exactly what the first pass did
         self.keep_reference = False
+        #: set while the gradient is taken: a checkpointed replay redoes the loss ops (the replay must match the
+        #: first pass op for op) but drops their results, or every replayed block's graph would stay alive to the end
+        self.replaying = False
         self.cross_selector = LayerSelector(kinds=("cross",)) if record_maps else None
         self.feature_selector = None
         self.feature_layers: list[str] = []
@@ -121,7 +124,8 @@ class GuidanceProbe:
         elif self.mode == COMPARE:
             ref = self._take(self.reference.maps, name)[self.rows]
             term = cross_attention_loss(probs, ref)
-            self.loss_xa = term if self.loss_xa is None else self.loss_xa + term
+            if not self.replaying:
+                self.loss_xa = term if self.loss_xa is None else self.loss_xa + term
 
     def _self_attention(self, call: AttentionCall) -> None:
         if self.mode == OFF:
@@ -155,7 +159,8 @@ class GuidanceProbe:
             else:
                 ids, query = self._take(self.reference.patches, key)
                 term = patch_nce_loss(query[self.rows].to(pooled.device), pooled[:, ids.to(pooled.device)], self.nce.tau)
-                self.loss_cut = term if self.loss_cut is None else self.loss_cut + term
+                if not self.replaying:
+                    self.loss_cut = term if self.loss_cut is None else self.loss_cut + term
 
 
 @dataclass

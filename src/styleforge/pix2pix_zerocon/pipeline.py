@@ -527,6 +527,15 @@ class _EditSampler:
         info["loss"] = sum(w * float(loss.detach()) for w, loss in terms)
         if not terms:
             return torch.zeros_like(X), info
+        probe.loss_xa = probe.loss_cut = None  # held by `terms`; a checkpointed replay must not add to them
+        probe.replaying = True
+        try:
+            return self._backward(X, terms, info), info
+        finally:
+            probe.replaying = False
+
+    def _backward(self, X: torch.Tensor, terms: list, info: dict) -> torch.Tensor:
+        """The combined gradient (and each term's norm when logging) while the probe knows it is replaying."""
         if self.want_log and len(terms) > 1:
             # an extra backward per term, so the two terms' gradient norms can be compared (lambda_e calibration);
             # the step still uses the combined gradient below, so logging does not change the result
@@ -536,8 +545,7 @@ class _EditSampler:
                 info[f"grad_norm_{name}"] = float((w * g).norm())
         (grad,) = torch.autograd.grad(sum(w * loss for w, loss in terms), X)
         info["grad_norm"] = float(grad.norm())
-        probe.loss_xa = probe.loss_cut = None
-        return grad, info
+        return grad
 
 
 def _item(x) -> float | None:
