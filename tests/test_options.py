@@ -49,6 +49,13 @@ def test_flag_names_are_accepted_too_and_unknown_options_refused():
         options.make_args("region", {"content": "a.png", "style": "s.png", "output": "o.png", "colour": 1})
 
 
+def test_every_long_flag_is_a_key_as_in_a_batch_manifest():
+    # appearance's --steps is the short spelling of --num-inference-steps (dest num_inference_steps)
+    assert "--num-inference-steps=7" in options.to_argv("appearance", {"steps": 7})
+    assert options.option_aliases("region")["paste_back"] == "paste_back"
+    assert "no_paste_back" not in options.option_aliases("region")
+
+
 @pytest.mark.parametrize("values, message", [
     ({"style": "s.png", "output": "o.png"}, "required: --content"),
     ({"content": "a.png", "style": "s.png", "output": "o.png", "strength": "strong"}, "--strength"),

@@ -186,13 +186,31 @@ def _truthy(value: Any, option: Option) -> bool:
     raise InputError(f"{option.flag} expects true or false, got {value!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def option_aliases(method: str) -> dict[str, str]:
+    """Key spellings -> option dest: the dest itself and every long flag without dashes (``steps``, ``paste_back``).
+
+    Shared by :func:`to_argv` and the batch manifest, so a web form, a manifest column and a job's key agree.
+    """
+    options = {o.dest for o in _method_options(method)}
+    names = {dest: dest for dest in options}
+    for action in command_parser(method)._actions:
+        if action.dest not in options:
+            continue
+        negative = isinstance(action, argparse.BooleanOptionalAction)  # --no-x would read as x itself
+        for flag in action.option_strings:
+            if flag.startswith("--") and not (negative and flag.startswith("--no-")):
+                names.setdefault(flag.lstrip("-").replace("-", "_"), action.dest)
+    return names
+
+
 def to_argv(method: str, values: Mapping[str, Any]) -> list[str]:
-    """The command line (after ``styleforge``) that sets ``values`` (keys: option dests or flags without dashes)."""
+    """The command line (after ``styleforge``) that sets ``values`` (keys: :func:`option_aliases` spellings)."""
     options = {o.dest: o for o in method_options(method)}
-    aliases = {o.flag.lstrip("-").replace("-", "_"): o.dest for o in options.values()}
+    aliases = option_aliases(method)
     positional, flagged = [], []
     for key, value in values.items():
-        dest = key if key in options else aliases.get(key.lstrip("-").replace("-", "_"))
+        dest = aliases.get(str(key).lstrip("-").replace("-", "_"))
         if dest is None:
             dest, value = _renamed(key, value, options, aliases)
         if dest is None:
