@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InputError
-from ..options import (METHODS, RUN_OPTIONS, command_parser, get_method, method_options, option_aliases, shell_line,
+from ..options import (METHODS, RUN_OPTIONS, command_parser, get_method, method_options, option_aliases, parse_argv,
                        to_argv)
 
 #: manifest columns that are not options: the output name of the row (relative to the batch folder)
@@ -89,18 +89,9 @@ def given_options(method: str, argv: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-@functools.lru_cache(maxsize=None)
-def _parser(method: str) -> argparse.ArgumentParser:
-    return command_parser(method)  # only ever used to parse: one per method, not one per job
-
-
 def parse_job(method: str, argv: Sequence[str], output: str) -> argparse.Namespace:
-    """``options.make_args`` for a job's flags plus its output: the method's own parser and checks, built once."""
-    tokens = [*argv, f"--output={output}"]
-    args = _parser(method).parse_args(tokens)
-    args.debug = False
-    args.command_line = shell_line([*get_method(method).words, *tokens])
-    return args
+    """``options.make_args`` for a job's flags plus its output: the method's own parser and checks."""
+    return parse_argv(method, [*argv, f"--output={output}"])
 
 
 # --------------------------------------------------------------------------------------------- sources
