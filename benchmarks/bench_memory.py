@@ -17,7 +17,12 @@ denoising step or one training step:
 * ``osasis-train``: one OSASIS stage-1 iteration at batch 1 (1 decode step; CLIP ViT-B/32 and LPIPS-VGG losses).
 
 "resident" is the child's peak resident set; "working" subtracts what the process held after building the models
-(the weights), i.e. what the savers can act on when there is no GPU. Offload cannot lower a CPU's resident set (the
+(the weights), i.e. what the savers can act on when there is no GPU. The children run with glibc's mmap threshold
+fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so every tensor buffer is its own mapping and goes back to the system
+when freed: the resident peak is then the peak of live tensors (what a GPU's ``max_memory_allocated`` reports), not
+of a heap that keeps freed activations (with glibc's adaptive threshold two phases that never overlap were summed).
+"peak in" names the phase that set the peak (a sampler thread reads the resident set every 2 ms; the phases are the
+forwards of the models and the backward). Offload cannot lower a CPU's resident set (the
 weights stay in the same RAM), so on the CPU it shows up only as its time cost; on a GPU it removes the weights
 from the card (``benchmarks/gpu_suite.py`` measures that).
 """
@@ -35,10 +40,11 @@ CONFIGS = {
     "cia": {"default": {}, "chunk": {"attention_chunk_size": 1024}, "vae-slicing": {"vae_slicing": True},
             "low-memory": {"low_memory": True}},
     "pix2pix": {"default": {}, "checkpointing": {"gradient_checkpointing": True}, "low-memory": {"low_memory": True}},
-    "pair": {"default": {}, "low-memory": {"low_memory": True}},
+    "pair": {"default": {}, "low-memory": {"low_memory": True},
+             "low-memory, 256 px tiles": {"low_memory": True, "vae_tile_size": 256}},  # tiling approximate
     "pair-train": {"default": {}, "checkpointing": {"gradient_checkpointing": True}, "low-memory": {"low_memory": True}},
     "osasis": {"default": {}, "low-memory": {"low_memory": True}},
-    "osasis-train": {"default": {}, "checkpointing": {"gradient_checkpointing": True}},
+    "osasis-train": {"default": {}, "low-memory": {"low_memory": True}},  # oneshot train: = --gradient-checkpointing
 }
 
 
@@ -152,6 +158,7 @@ def run_osasis_train(savers: dict):
     import torch
     from transformers import CLIPConfig, CLIPModel
 
+    from styleforge.diffusion.memory import MemorySavers
     from styleforge.metrics.lpips import LPIPS
     from styleforge.osasis.losses import CLIPEmbedder
     from styleforge.osasis.models import LatentDDIMNet
@@ -161,7 +168,8 @@ def run_osasis_train(savers: dict):
     clip, lpips = CLIPEmbedder(CLIPModel(CLIPConfig())), LPIPS.build("vgg")
     style = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
     cfg = TrainConfig(batch_size=1, iterations=1, decode_steps=2, encode_steps=4, latent_steps=2, content_steps=2,
-                      checkpoint_every=0, sample_every=0, gradient_checkpointing=bool(savers.get("gradient_checkpointing")))
+                      checkpoint_every=0, sample_every=0,
+                      gradient_checkpointing=MemorySavers.from_options(**savers).gradient_checkpointing)
     out = Path(tempfile.mkdtemp())
     trainer = OSASISTrainer(cfg, unet_a, LatentDDIMNet(), clip, lpips, style, style * 0.7, out, spn=spn)
     return trainer, trainer.train_iteration
@@ -171,17 +179,81 @@ RUNNERS = {"cia": run_cia, "pix2pix": run_pix2pix, "pair": run_pair, "pair-train
            "osasis": run_osasis, "osasis-train": run_osasis_train}
 
 
+class PhaseSampler:
+    """The peak resident set per phase: forward hooks name the model running, ``backward`` covers autograd."""
+
+    def __init__(self):
+        self.phase, self.peaks, self._stop = "other", {}, False
+
+    def watch(self, modules: dict) -> None:
+        import torch
+
+        for name, module in modules.items():
+            module.register_forward_pre_hook(lambda m, a, name=name: self._enter(name + (" (grad)" if torch.is_grad_enabled() else "")))
+            module.register_forward_hook(lambda m, a, o: self._enter("other"))
+        for owner, attr in ((torch.autograd, "grad"), (torch.Tensor, "backward")):
+            setattr(owner, attr, self._labelled(getattr(owner, attr), "backward"))
+
+    def _enter(self, phase: str) -> None:
+        self._sample()
+        self.phase = phase
+
+    def _labelled(self, fn, phase: str):
+        def run(*args, **kwargs):
+            before, self.phase = self.phase, phase
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._enter(before)
+        return run
+
+    def _sample(self) -> None:
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), _rss_mib())
+
+    def start(self) -> None:
+        import threading
+
+        def loop():
+            while not self._stop:
+                self._sample()
+                time.sleep(0.002)
+        threading.Thread(target=loop, daemon=True).start()
+
+    def top(self) -> str:
+        self._stop = True
+        return max(self.peaks, key=self.peaks.get) if self.peaks else ""
+
+
+def _phase_modules(obj) -> dict:
+    """The models whose forwards name a phase: the VAE's halves, the UNet(s), the text encoder, OSASIS's nets."""
+    import torch
+
+    found = {}
+    vae = getattr(obj, "vae", None) or getattr(getattr(obj, "pipe", None), "vae", None)
+    if vae is not None:
+        found.update({"vae encode": vae.encoder, "vae decode": vae.decoder})
+    for name in ("unet", "unet_a", "unet_b", "text_encoder", "spn", "clip", "lpips"):
+        for owner in (obj, getattr(obj, "pipe", None)):
+            module = getattr(owner, name, None)
+            if isinstance(module, torch.nn.Module) and name not in found:
+                found[name.replace("_", " ")] = module
+    return found
+
+
 def child(method: str, config: str) -> None:
     import torch
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    _, fn = RUNNERS[method](CONFIGS[method][config])
+    obj, fn = RUNNERS[method](CONFIGS[method][config])
+    sampler = PhaseSampler()
+    sampler.watch(_phase_modules(obj))
     loaded = _rss_mib()
+    sampler.start()
     start = time.perf_counter()
     with torch.enable_grad() if method.endswith("train") else torch.no_grad():
         fn()
-    print(json.dumps({"seconds": time.perf_counter() - start, "loaded_mib": loaded}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "loaded_mib": loaded, "peak_in": sampler.top()}))
 
 
 def run_child_and_wait(method: str, config: str, timeout: int) -> dict:
@@ -190,7 +262,7 @@ def run_child_and_wait(method: str, config: str, timeout: int) -> dict:
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, __file__, "--child", method, config], stdout=out, stderr=err,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
         start = time.monotonic()
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -209,22 +281,23 @@ def run_child_and_wait(method: str, config: str, timeout: int) -> dict:
         data = json.loads(out.read().strip().splitlines()[-1])
     peak = usage.ru_maxrss / 1024  # KiB on Linux
     return {"method": method, "config": config, "seconds": round(data["seconds"], 1), "peak_mib": round(peak),
-            "loaded_mib": round(data["loaded_mib"]), "working_mib": round(peak - data["loaded_mib"])}
+            "loaded_mib": round(data["loaded_mib"]), "working_mib": round(peak - data["loaded_mib"]),
+            "peak_in": data["peak_in"]}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | savers | peak resident (MiB) | working set above weights (MiB) | vs default | seconds | time vs default |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | savers | peak resident (MiB) | working set above weights (MiB) | vs default | peak in | seconds | time vs default |",
+             "|---|---|---|---|---|---|---|---|"]
     base = {r["method"]: r for r in rows if r["config"] == "default" and "error" not in r}
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['config']} | error: {r['error']} | | | | |")
+            lines.append(f"| {r['method']} | {r['config']} | error: {r['error']} | | | | | |")
             continue
         b = base.get(r["method"])
         work = f"{r['working_mib'] / b['working_mib']:.2f}" if b and b["working_mib"] > 0 else ""
         speed = f"{r['seconds'] / b['seconds']:.2f}" if b else ""
         lines.append(f"| {r['method']} | {r['config']} | {r['peak_mib']} | {r['working_mib']} | {work} | "
-                     f"{r['seconds']} | {speed} |")
+                     f"{r.get('peak_in', '')} | {r['seconds']} | {speed} |")
     return "\n".join(lines)
 
 

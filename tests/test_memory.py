@@ -206,6 +206,75 @@ def test_osasis_manipulation_with_gradient_checkpointing_gives_the_same_codes():
     assert not torch.equal(codes[0], _osasis().semantic_codes(photos))  # the edit moved the code
 
 
+# --------------------------------------------------------------------------------------------- shared
+
+
+def _one_call(name, sd1_components, pair_style):
+    """A pipeline of each SD method with model offload, and one short call of it."""
+    from styleforge.cross_image import CrossImageAttentionPipeline
+    from styleforge.diffusion.pipeline import InversionPipeline
+    from styleforge.pair_customization.pipeline import PairCustomizationPipeline
+    from styleforge.pix2pix_zerocon import Pix2PixZeroConPipeline
+
+    cls = {"cross_image": CrossImageAttentionPipeline, "pix2pix": Pix2PixZeroConPipeline,
+           "pair": PairCustomizationPipeline, "inversion": InversionPipeline}[name]
+    pipe = fresh(cls, sd1_components, offload="model")
+    if name == "pair":
+        pipe.load_style(copy.deepcopy(pair_style[0]), name="ink")
+    calls = {"cross_image": lambda: _cia(pipe), "pix2pix": lambda: _p2p(pipe),
+             "pair": lambda: pipe("a photo of a dog", num_inference_steps=2, height=32, width=32, output_type="pt"),
+             "inversion": lambda: pipe(IMAGE, "a photo", num_inference_steps=2)}
+    return pipe, calls[name]
+
+
+@pytest.mark.parametrize("name", ["cross_image", "pix2pix", "pair", "inversion"])
+def test_every_call_ends_with_the_offload_hooks_reset(sd1_components, pair_style, name):
+    """diffusers' convention (``maybe_free_model_hooks``): after a call every model is back off the accelerator,
+    so the next call does not start with the VAE still there; resetting installs a new hook per model."""
+    pipe, call = _one_call(name, sd1_components, pair_style)
+    before = list(pipe._all_hooks)  # held, so a new hook cannot reuse a freed one's id
+    call()
+    after = pipe._all_hooks
+    assert len(after) == len(before) > 0 and not {id(h) for h in after} & {id(h) for h in before}
+
+
+def _vae_decode_tiles(vae, latents):
+    """The decoded image and the latent tiles its decoder ran on (once per tile when tiling acts)."""
+    shapes = []
+    hook = vae.decoder.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[-2:])))
+    try:
+        with torch.no_grad():
+            return vae.decode(latents).sample, shapes
+    finally:
+        hook.remove()
+
+
+def test_vae_tiling_acts_only_above_the_tile_and_uses_the_asked_tile_size(sd1_components):
+    """Tiling is exact where it does not act (an image no larger than a tile: --low-memory at 512 px on SD 1.5 gives
+    the plain result) and approximate where it does; --vae-tile-size sets the tile in pixels and latents."""
+    from styleforge.diffusion.pipeline import StyleforgePipeline
+
+    pipe = fresh(StyleforgePipeline, sd1_components)
+    vae, factor = pipe.vae, pipe.vae_scale_factor
+    latents = torch.randn(1, 4, 128 // factor, 128 // factor, generator=torch.Generator().manual_seed(0))
+    plain, tiles = _vae_decode_tiles(vae, latents)
+    assert tiles == [(64, 64)]
+
+    pipe.enable_memory_savers(low_memory=True, offload="none")  # the default tile: the VAE's sample size
+    assert vae.use_tiling and vae.tile_sample_min_size == vae.config.sample_size < 128
+    small = latents[..., : vae.config.sample_size // factor, : vae.config.sample_size // factor]
+    tiled_small, tiles = _vae_decode_tiles(vae, small)
+    vae.disable_tiling()
+    assert tiles == [small.shape[-2:]] and torch.equal(tiled_small, _vae_decode_tiles(vae, small)[0])  # bit-identical
+
+    pipe.enable_memory_savers(vae_tiling=True, vae_tile_size=64)
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size) == (64, 64 // factor)
+    tiled, tiles = _vae_decode_tiles(vae, latents)
+    # 32-latent tiles with diffusers' quarter overlap: a stride of 24 over 64 latents, 3 x 3 tiles
+    assert len(tiles) == 9 and max(tiles) == (64 // factor, 64 // factor)
+    assert tiled.shape == plain.shape and not torch.equal(tiled, plain)  # blended seams: approximate
+
+
 def test_half_precision_nan_guard_refuses_non_finite_images():
     from styleforge.diffusion.memory import check_finite
 

@@ -268,6 +268,7 @@ class CrossImageAttentionPipeline(StyleforgePipeline):
         rows_out = latents if output_type == "latent" else self.decode_latents(latents.to(self.unet.dtype))
         out, app, struct = (rows_out[r:r + 1] if output_type == "latent" else postprocess(rows_out[r:r + 1], output_type)
                             for r in (OUT, APP, STRUCT))
+        self.maybe_free_model_hooks()  # with model offload: every model back off the accelerator (diffusers' convention)
         return CrossImageAttentionOutput(out, app, struct, masks, inversions, activity, rows)
 
     # ------------------------------------------------------------------------------------------- pieces

@@ -309,4 +309,6 @@ class InversionPipeline(StyleforgePipeline):
         else:
             x0 = edit_friendly_sample(eps_fn, x, self.ddim_scheduler, timesteps, noise[:, None], num_inference_steps, eta=eta,
                                       progress=self.progress_bar)
-        return InversionOutput(inv, self.to_pil(self.decode_latents(x0)))
+        images = self.to_pil(self.decode_latents(x0))
+        self.maybe_free_model_hooks()  # with model offload: every model back off the accelerator (diffusers' convention)
+        return InversionOutput(inv, images)

@@ -365,6 +365,7 @@ class PairCustomizationPipeline(StyleforgePipeline):
             latents_out = x
         images = self._output(latents_out, output_type)
         base = self._output(base_latents, output_type) if return_base else None
+        self.maybe_free_model_hooks()  # with model offload: every model back off the accelerator (diffusers' convention)
         return PairCustomizationOutput(images, base, latents_out, rows)
 
     def _step(self, state, x, stepper, i: int, *, apply_style: bool):

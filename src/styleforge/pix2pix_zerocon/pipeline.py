@@ -246,8 +246,10 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
                       reg_lambda_ac=reg.lambda_ac, reg_lambda_kl=reg.lambda_kl, reg_steps=reg.steps,
                       reg_rolls=reg.rolls, vae_sample=vae_sample, seed=seed,
                       size=list(pixels.shape[-2:][::-1]), reference_mode=reference_mode)
-        return Pix2PixZeroConOutput(self._output(edited_latent, output_type), self._output(reference_latent, output_type),
-                                    caption, x_T.detach().cpu(), delta, edited_latent.detach().cpu(), log, params)
+        edited, reference = self._output(edited_latent, output_type), self._output(reference_latent, output_type)
+        self.maybe_free_model_hooks()  # with model offload: every model back off the accelerator (diffusers' convention)
+        return Pix2PixZeroConOutput(edited, reference, caption, x_T.detach().cpu(), delta, edited_latent.detach().cpu(),
+                                    log, params)
 
     # ------------------------------------------------------------------------------------------- directions
 
