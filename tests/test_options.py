@@ -49,6 +49,23 @@ def test_flag_names_are_accepted_too_and_unknown_options_refused():
         options.make_args("region", {"content": "a.png", "style": "s.png", "output": "o.png", "colour": 1})
 
 
+def test_every_long_flag_is_a_key_as_in_a_batch_manifest():
+    # appearance's --steps is the short spelling of --num-inference-steps (dest num_inference_steps)
+    assert "--num-inference-steps=7" in options.to_argv("appearance", {"steps": 7})
+    assert options.option_aliases("region")["paste_back"] == "paste_back"
+    assert "no_paste_back" not in options.option_aliases("region")
+
+
+def test_make_args_parser_is_built_once_and_not_changed_by_batch():
+    from styleforge.batch import given_options
+
+    assert options._parser("region") is options._parser("region")
+    given_options("region", ["--strength", "0.5"])  # changes its own parser: nothing required, no defaults
+    assert options.make_args("region", {"content": "a.png", "style": "s.png", "output": "o.png"}).strength == 1.0
+    with pytest.raises(InputError, match="required: --content"):
+        options.make_args("region", {"style": "s.png", "output": "o.png"})
+
+
 @pytest.mark.parametrize("values, message", [
     ({"style": "s.png", "output": "o.png"}, "required: --content"),
     ({"content": "a.png", "style": "s.png", "output": "o.png", "strength": "strong"}, "--strength"),

@@ -387,3 +387,20 @@ def test_compare_size_left_empty_keeps_each_methods_own_size_and_256_is_passed(t
         with pytest.raises(InputError, match="stop"):
             H.compare(tmp_path, H.ServerSettings(), [CONTENT], [STYLE], ["region"], size, 0, {})
     assert "size" not in seen[0] and seen[1]["size"] == "256"
+
+
+def test_main_controls_at_the_parsers_default_add_no_flag(monkeypatch):
+    """The tabs' own controls compare with the parser's defaults, not with copies of them (appearance seeds 42)."""
+    passed = {}
+    monkeypatch.setattr(H, "run_command", lambda command, values, *a, **k: passed.setdefault(command, values))
+    server = H.ServerSettings()
+    H.appearance(Path("job"), server, "s.png", "a.png", None, None, "animal", "", "", 42, 100, {})
+    H.translate(Path("job"), server, "i.png", "cat", "dog", "", "", None, None, "", 1.0, 0, 50, {})
+    H.pair_apply(Path("job"), server, ["style"], "a dog", None, "3", 0, 50, {})
+    for command, values in passed.items():
+        assert not {"seed", "num_inference_steps", "steps", "contrastive_weight", "style_scale"} & set(values), command
+    passed.clear()
+    H.appearance(Path("job"), server, "s.png", "a.png", None, None, "animal", "", "", 0, 99, {})
+    H.pair_apply(Path("job"), server, ["style"], "a dog", None, "3,2", 0, 50, {})
+    assert passed["appearance"]["seed"] == 0 and passed["appearance"]["num_inference_steps"] == 99
+    assert passed["pair"]["style_scale"] == "3 2"

@@ -305,14 +305,6 @@ class Report:
     files: dict = field(default_factory=dict)
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    from .io import atomic_write
-
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path
-
-
 def _prepare_inputs(pairs: Sequence[Pair], out_dir: Path, size: int | None, overwrite: bool) -> list[tuple[Path, Path]]:
     from .io import center_crop_resize, load_image, save_image
 
@@ -682,13 +674,13 @@ def _jsonable(x):
 
 
 def _write_report(report: Report, overwrite: bool) -> None:
-    from .io import save_image
+    from .io import save_image, write_text_atomic
 
     out = report.out_dir
     grid = make_grid(report)
     report.files["grid"] = save_image(grid, out / "grid.png", overwrite=overwrite, metadata={"kind": "comparison grid"})
-    report.files["markdown"] = _write_text_atomic(out / "report.md", render_markdown(report))
-    report.files["html"] = _write_text_atomic(out / "report.html", render_html(report, grid))
+    report.files["markdown"] = write_text_atomic(out / "report.md", render_markdown(report))
+    report.files["html"] = write_text_atomic(out / "report.html", render_html(report, grid))
     data = {
         "size": report.size, "metric_size": report.metric_size, "seeds": report.seeds, "metric_networks": report.metric_mode,
         "pairs": [{"name": p.name, "content": str(p.content), "reference": str(p.reference)} for p in report.pairs],
@@ -696,4 +688,4 @@ def _write_report(report: Report, overwrite: bool) -> None:
         "errors": {c: [cell.error for cell in report.cells[c]] for c in report.columns},
         "metrics": report.metrics, "metric_notes": report.metric_notes,
     }
-    report.files["json"] = _write_text_atomic(out / "metrics.json", json.dumps(_jsonable(data), indent=2, ensure_ascii=False) + "\n")
+    report.files["json"] = write_text_atomic(out / "metrics.json", json.dumps(_jsonable(data), indent=2, ensure_ascii=False) + "\n")

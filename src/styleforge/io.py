@@ -367,6 +367,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`; returns the path."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside ``path`` to fill; on success it is renamed to ``path``, else removed.

@@ -14,7 +14,7 @@ import argparse
 import functools
 import shlex
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import InputError
 
@@ -90,7 +90,7 @@ def get_command(name: str) -> MethodCommand:
 
 
 def command_parser(method: str) -> argparse.ArgumentParser:
-    """The argparse parser of ``method``'s main command, with errors raised as :class:`InputError`."""
+    """A new argparse parser of ``method``'s main command (the caller may change it), errors raised as :class:`InputError`."""
     from .cli.main import build_parser
 
     parser = build_parser()
@@ -103,6 +103,11 @@ def command_parser(method: str) -> argparse.ArgumentParser:
 
     parser.error = error  # argparse's default prints usage and exits; callers want one readable message
     return parser
+
+
+@functools.lru_cache(maxsize=None)
+def _parser(method: str) -> argparse.ArgumentParser:
+    return command_parser(method)  # only ever used to parse, never changed: one per command, not one per call or job
 
 
 def _kind(action: argparse.Action) -> str:
@@ -131,7 +136,7 @@ def method_options(method: str) -> list[Option]:
 @functools.lru_cache(maxsize=None)
 def _method_options(method: str) -> tuple[Option, ...]:
     # read once per process: to_argv needs them for every job of a batch, and the parsers do not change
-    parser = command_parser(method)
+    parser = _parser(method)
     group_of = {id(a): g.title or "" for g in parser._action_groups for a in g._group_actions}
     options = []
     for action in parser._actions:
@@ -186,13 +191,31 @@ def _truthy(value: Any, option: Option) -> bool:
     raise InputError(f"{option.flag} expects true or false, got {value!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def option_aliases(method: str) -> dict[str, str]:
+    """Key spellings -> option dest: the dest itself and every long flag without dashes (``steps``, ``paste_back``).
+
+    Shared by :func:`to_argv` and the batch manifest, so a web form, a manifest column and a job's key agree.
+    """
+    options = {o.dest for o in _method_options(method)}
+    names = {dest: dest for dest in options}
+    for action in _parser(method)._actions:
+        if action.dest not in options:
+            continue
+        negative = isinstance(action, argparse.BooleanOptionalAction)  # --no-x would read as x itself
+        for flag in action.option_strings:
+            if flag.startswith("--") and not (negative and flag.startswith("--no-")):
+                names.setdefault(flag.lstrip("-").replace("-", "_"), action.dest)
+    return names
+
+
 def to_argv(method: str, values: Mapping[str, Any]) -> list[str]:
-    """The command line (after ``styleforge``) that sets ``values`` (keys: option dests or flags without dashes)."""
+    """The command line (after ``styleforge``) that sets ``values`` (keys: :func:`option_aliases` spellings)."""
     options = {o.dest: o for o in method_options(method)}
-    aliases = {o.flag.lstrip("-").replace("-", "_"): o.dest for o in options.values()}
+    aliases = option_aliases(method)
     positional, flagged = [], []
     for key, value in values.items():
-        dest = key if key in options else aliases.get(key.lstrip("-").replace("-", "_"))
+        dest = aliases.get(str(key).lstrip("-").replace("-", "_"))
         if dest is None:
             dest, value = _renamed(key, value, options, aliases)
         if dest is None:
@@ -215,13 +238,17 @@ def _renamed(key: str, value: Any, options: Mapping[str, Option], aliases: Mappi
     return dest, not _truthy(value, options[dest])
 
 
+def parse_argv(method: str, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``method``'s flags (``argv``: the command line after its words) as the command line would."""
+    args = _parser(method).parse_args(list(argv))
+    args.debug = False
+    args.command_line = shell_line([*get_command(method).words, *argv])
+    return args
+
+
 def make_args(method: str, values: Mapping[str, Any]) -> argparse.Namespace:
     """Parse ``values`` exactly as the command line would: same types, defaults, checks and messages."""
-    argv = to_argv(method, values)
-    args = command_parser(method).parse_args(argv[len(get_command(method).words):])
-    args.debug = False
-    args.command_line = shell_line(argv)
-    return args
+    return parse_argv(method, to_argv(method, values)[len(get_command(method).words):])
 
 
 def command_line(method: str, values: Mapping[str, Any]) -> str:

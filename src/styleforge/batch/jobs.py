@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import InputError
-from ..options import METHODS, RUN_OPTIONS, command_parser, get_method, method_options, shell_line, to_argv
+from ..options import (METHODS, RUN_OPTIONS, command_parser, get_method, method_options, option_aliases, parse_argv,
+                       to_argv)
 
 #: manifest columns that are not options: the output name of the row (relative to the batch folder)
 NAME_COLUMNS = ("name", "output")
@@ -48,25 +49,11 @@ class Job:
 # --------------------------------------------------------------------------------------------- method options
 
 
-@functools.lru_cache(maxsize=None)
-def _aliases(method: str) -> dict[str, str]:
-    """Column / key spellings -> option dest: the dest itself and every flag without dashes (steps, paste_back)."""
-    names = {}
-    for action in command_parser(method)._actions:
-        names[action.dest] = action.dest
-        negative = isinstance(action, argparse.BooleanOptionalAction)  # --no-x would read as x itself
-        for flag in action.option_strings:
-            if flag.startswith("--") and not (negative and flag.startswith("--no-")):
-                names.setdefault(flag.lstrip("-").replace("-", "_"), action.dest)
-    names.pop("help", None)
-    return names
-
-
 def to_dests(method: str, values: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``values`` keyed by option dests (keys may be dests or flag names, e.g. ``paste-back``)."""
+    """``values`` keyed by option dests (keys: ``options.option_aliases`` spellings, e.g. ``paste-back``)."""
     from ..options import _renamed
 
-    aliases = _aliases(method)
+    aliases = option_aliases(method)
     out = {}
     for key, value in values.items():
         dest = aliases.get(str(key).lstrip("-").replace("-", "_"))
@@ -102,18 +89,9 @@ def given_options(method: str, argv: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-@functools.lru_cache(maxsize=None)
-def _parser(method: str) -> argparse.ArgumentParser:
-    return command_parser(method)  # only ever used to parse: one per method, not one per job
-
-
 def parse_job(method: str, argv: Sequence[str], output: str) -> argparse.Namespace:
-    """``options.make_args`` for a job's flags plus its output: the method's own parser and checks, built once."""
-    tokens = [*argv, f"--output={output}"]
-    args = _parser(method).parse_args(tokens)
-    args.debug = False
-    args.command_line = shell_line([*get_method(method).words, *tokens])
-    return args
+    """``options.make_args`` for a job's flags plus its output: the method's own parser and checks."""
+    return parse_argv(method, [*argv, f"--output={output}"])
 
 
 # --------------------------------------------------------------------------------------------- sources

@@ -121,7 +121,11 @@ def run(method: str, output: str | os.PathLike, *, manifest=None, content_dir=No
     state = read_state(out)
     ranks.barrier()  # every rank has read the same state before any rank journals a new job
     ids = Counter(job.id for job in jobs)  # equal ids: equal input contents and options under other names
-    entries = {job.index: job_entry(state, job.id, job.name, ids[job.id] == 1) or {} for job in jobs}
+
+    def journal_entries(state) -> dict[int, dict]:  # each job's entry in the journal, by index ({} if none)
+        return {job.index: job_entry(state, job.id, job.name, ids[job.id] == 1) or {} for job in jobs}
+
+    entries = journal_entries(state)
     status = {j.index: entries[j.index].get("status") for j in jobs}
     skipped = [j for j in jobs if status[j.index] == DONE]
     failed_before = [j for j in jobs if status[j.index] == FAILED and not retry_failed]
@@ -156,8 +160,7 @@ def run(method: str, output: str | os.PathLike, *, manifest=None, content_dir=No
             common.keep_models(False)
     ranks.barrier()  # every rank has journaled its block
 
-    state = read_state(out)
-    final = {job.index: job_entry(state, job.id, job.name, ids[job.id] == 1) or {} for job in jobs}
+    final = journal_entries(read_state(out))
     done_now = [final[j.index] for j in todo if final[j.index].get("status") == DONE]
     failures = [dict(final[j.index], name=j.name, where=j.where) for j in jobs if final[j.index].get("status") == FAILED]
     summary.done = len(done_now)
@@ -226,14 +229,15 @@ def _reason(e: BaseException) -> str:
 
 def _publish(staging: Path, out: Path, job: Job) -> list[dict]:
     """Move the job's files from staging to the batch folder (each move atomic); never over one of its inputs."""
+    from ..io import check_not_an_input
+
     files = sorted(p for p in staging.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
         raise InputError("the command wrote no output")
     records = []
     for src in files:
         dest = out / src.relative_to(staging)
-        if dest.exists() and any(Path(i).exists() and dest.samefile(i) for i in job.inputs):
-            raise InputError(f"refusing to overwrite an input file: {dest}")
+        check_not_an_input(dest, job.inputs)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
         records.append(file_record(out, dest))
@@ -273,17 +277,13 @@ def _progress(jobs: Sequence[Job], *, enabled: bool, world: int):
 
 
 def _write_reports(out: Path, summary: Summary) -> None:
-    from ..io import atomic_write
+    from ..io import write_text_atomic
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / FAILURES_FILE) as tmp:
-        tmp.write_text("".join(json.dumps({k: f.get(k) for k in ("name", "where", "id", "reason", "rank")}) + "\n"
-                               for f in summary.failures))
-    with atomic_write(batch_dir(out) / SUMMARY_FILE) as tmp:
-        tmp.write_text(json.dumps(asdict(summary), indent=1, default=str))
+    write_text_atomic(out / FAILURES_FILE, "".join(
+        json.dumps({k: f.get(k) for k in ("name", "where", "id", "reason", "rank")}) + "\n" for f in summary.failures))
+    write_text_atomic(batch_dir(out) / SUMMARY_FILE, json.dumps(asdict(summary), indent=1, default=str))
     if summary.metrics:
-        with atomic_write(out / METRICS_FILE) as tmp:
-            tmp.write_text(json.dumps(summary.metrics, indent=1, default=str))
+        write_text_atomic(out / METRICS_FILE, json.dumps(summary.metrics, indent=1, default=str))
 
 
 def _metric_suite(metrics: Sequence[str], mode: str):

@@ -28,6 +28,8 @@ def register(subparsers) -> None:
 
 
 def _register_apply(sub) -> None:
+    from ..region.lift_settings import FEATHER_RANGE
+
     p = add_subcommand(sub, "apply", help="restyle the masked region(s) of a content image",
                        description="Restyle the masked region(s) of --content with the style of --style. Several "
                                    "--style/--mask pairs are applied one after another; without --mask the whole image "
@@ -46,7 +48,7 @@ def _register_apply(sub) -> None:
     p.add_argument("--composition", choices=("feature", "pixel", "content_code"), default="feature",
                    help="where regions are blended: encoder features (the method), pixels or content codes (baselines)")
     p.add_argument("--mask-resample", choices=("area", "nearest", "bilinear"), default="area", help="mask resampling to the feature grid")
-    p.add_argument("--feather", type=V.Number(float, 0, 1000), default=0.0,
+    p.add_argument("--feather", type=FEATHER_RANGE, default=0.0,
                    help="Gaussian feathering of the mask, sigma in working-size pixels (0 = off); at native output size the "
                         "paste-back edge is softened by the same amount inward, so nothing outside the mask changes")
     p.add_argument("--size", type=V.side, default=None, help="working resolution (shorter side); default: the model's training size")
@@ -71,7 +73,7 @@ def _register_interpolate(sub) -> None:
 
 
 def _add_lift_args(p) -> None:
-    from ..region.lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, MAX_RADIUS, MAX_SIGMA, PRIORS
+    from ..region.lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, PRIORS, RADIUS_RANGE, SIGMA_RANGE
 
     g = p.add_argument_group("output size and detail (the model works at a small size; see styleforge.region.lift)")
     g.add_argument("--output-size", choices=("native", "working"), default="native",
@@ -80,12 +82,12 @@ def _add_lift_args(p) -> None:
     g.add_argument("--detail", choices=("guided", "none"), default="guided",
                    help="guided: carry the edit onto the full-resolution photo with a local affine colour model (guided "
                         "filter), keeping its detail; none: upsample the working-size result")
-    g.add_argument("--lift-radius", type=V.Number(int, 0, MAX_RADIUS), default=DEFAULT_RADIUS, metavar="PX",
+    g.add_argument("--lift-radius", type=RADIUS_RANGE, default=DEFAULT_RADIUS, metavar="PX",
                    help="guided lift: box window radius in working-size pixels")
     g.add_argument("--lift-eps", type=V.positive, default=DEFAULT_EPS,
                    help="guided lift: regulariser epsilon, colours in [0, 1] (larger = closer to one colour matrix for the "
                         "whole region)")
-    g.add_argument("--lift-sigma", type=V.Number(float, 0, MAX_SIGMA), default=DEFAULT_SIGMA, metavar="PX",
+    g.add_argument("--lift-sigma", type=SIGMA_RANGE, default=DEFAULT_SIGMA, metavar="PX",
                    help="guided lift: Gaussian blur (working-size px) of content and result before the fit, the band the "
                         "model reproduces (0 = fit the raw pair, as the guided filter paper)")
     g.add_argument("--lift-prior", choices=PRIORS, default="global",

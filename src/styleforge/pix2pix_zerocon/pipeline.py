@@ -34,7 +34,6 @@ Scales, so that lambda values can be compared with the paper and between modes:
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -181,13 +180,11 @@ class Pix2PixZeroConPipeline(StyleforgePipeline):
                     cfg_scale=(cfg_scale, V.finite), guided_step_range=(guided_step_range, V.fraction_pair),
                     cut_num_patches=(cut_num_patches, V.count), cut_tau=(cut_tau, V.positive),
                     reg_steps=(reg_steps, V.non_negative_int), reg_rolls=(reg_rolls, V.non_negative_int),
-                    num_sentences=(num_sentences, V.count))
+                    num_sentences=(num_sentences, V.count), guidance_lr=(guidance_lr, V.non_negative),
+                    lambda_xa=(lambda_xa, V.non_negative), lambda_cut=(lambda_cut, V.non_negative),
+                    reg_lambda_ac=(reg_lambda_ac, V.non_negative), reg_lambda_kl=(reg_lambda_kl, V.non_negative))
         for p in cut_patch_sizes:
             V.count.check(p, "cut_patch_sizes")
-        for name, value in (("guidance_lr", guidance_lr), ("lambda_xa", lambda_xa), ("lambda_cut", lambda_cut),
-                            ("reg_lambda_ac", reg_lambda_ac), ("reg_lambda_kl", reg_lambda_kl)):
-            if not (math.isfinite(value) and value >= 0):
-                raise InputError(f"{name} must be a finite number >= 0, got {value}")
         start, end = guided_step_range  # ordered fractions: checked by V.fraction_pair above
         nce = PatchNCESettings(int(cut_num_patches), tuple(int(p) for p in cut_patch_sizes), float(cut_tau))
         reg = RegularizerSettings(float(reg_lambda_ac), float(reg_lambda_kl), int(reg_steps), int(reg_rolls))

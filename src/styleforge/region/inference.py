@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline
 from ..diffusion.convention import (call_per_item, check_output_type, deprecated, is_batch, loading_keywords, move_to,
                                     per_image, postprocess)
 from ..errors import InputError, ModelNotFoundError
-from .lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, check_lift_settings
+from .lift_settings import DEFAULT_EPS, DEFAULT_RADIUS, DEFAULT_SIGMA, FEATHER_RANGE, check_lift_settings
 from .masks import broadcast_mask, dilate_mask, feather_inside, feather_mask, resample_mask
 from .model import RegionEncoder, RegionGenerator
 
@@ -417,7 +417,7 @@ class RegionStylizer(DiffusionPipeline):
         from ..validation import Number, fraction
 
         fraction.check(strength, "strength")
-        Number(float, 0, 1000).check(feather, "feather")
+        FEATHER_RANGE.check(feather, "feather")
         Number(int, 0, optional=True).check(paste_margin, "paste_margin")
         settings = lift_settings(output_size, detail, lift_radius, lift_eps, lift_prior, lift_sigma)
         pairs = self._styles_and_masks(style, mask)
@@ -453,10 +453,12 @@ class RegionStylizer(DiffusionPipeline):
             x = self._to_tensor(_resized(work, (w, h)))
             mask_w = self.prepare_mask(mask, w, h) if mask is not None else None
             pasting = paste_back and mask is not None
-            y = edit(self.encoder, self.generator, x, style_t, mask_w, strength, margin if pasting else 0, **region_kwargs)
+            # pasting back restyles the mask grown by the margin (see apply_edits), and the global colour prior is
+            # fitted where the result will be used: that same grown region
+            restyled = dilate_mask(mask_w, margin) if pasting else mask_w
+            y = edit(self.encoder, self.generator, x, style_t, restyled, strength, **region_kwargs)
             check_finite(y)  # the lift would carry NaNs into the photo as black pixels
-            # the global colour prior is fitted where the result will be used: the restyled region when pasting back
-            fit_weight = dilate_mask(mask_w, margin)[0, 0].cpu() if pasting else None
+            fit_weight = restyled[0, 0].cpu() if pasting else None
             weight = self.paste_weight(mask, width, height, feather * height / h) if pasting else None
             current = self._lift(x, y, current, detail, lift_kwargs, fit_weight, weight)
         return Image.fromarray(current)

@@ -281,7 +281,7 @@ def region_tab(app: App) -> None:
                                  info=_help("region", "strength"))
             paste_back = gr.Checkbox(value=bool(H.parser_default("region", "paste_back")), label="--paste-back",
                                      info=_help("region", "paste_back"))
-            seed = gr.Number(value=0, precision=0, label="--seed")
+            seed = gr.Number(value=H.parser_default("region", "seed"), precision=0, label="--seed")
             with gr.Accordion("More edits (one style and mask each, applied in turn)", open=False):
                 for k in range(1, EDITS):
                     edit(k)
@@ -344,8 +344,9 @@ def appearance_tab(app: App) -> None:
             prompt = gr.Textbox(label="--prompt", info=_help("appearance", "prompt"))
             noun = gr.Textbox(label="--object-noun", info=_help("appearance", "object_noun"))
         with gr.Column():
-            seed = gr.Number(value=42, precision=0, label="--seed")
-            steps = gr.Number(value=100, precision=0, label="--steps", info=_help("appearance", "num_inference_steps"))
+            seed = gr.Number(value=H.parser_default("appearance", "seed"), precision=0, label="--seed")
+            steps = gr.Number(value=H.parser_default("appearance", "num_inference_steps"), precision=0, label="--steps",
+                              info=_help("appearance", "num_inference_steps"))
     advanced = advanced_controls("appearance", main, server=app.server,
                                  defaults={"save_strip": True, "save_reconstructions": True, "save_masks": True})
     run, cancel = _buttons()
@@ -385,9 +386,11 @@ def translate_tab(app: App) -> None:
             caption = gr.Textbox(label="--caption", info=_help("translate", "caption") + " when BLIP's weights are "
                                                                                          "available", elem_id="translate-caption")
             with gr.Row():
-                weight = gr.Number(value=1.0, label="--contrastive-weight", info=_help("translate", "contrastive_weight"))
-                steps = gr.Number(value=50, precision=0, label="--steps", elem_id="translate-steps")
-                seed = gr.Number(value=0, precision=0, label="--seed")
+                weight = gr.Number(value=H.parser_default("translate", "contrastive_weight"), label="--contrastive-weight",
+                                   info=_help("translate", "contrastive_weight"))
+                steps = gr.Number(value=H.parser_default("translate", "steps"), precision=0, label="--steps",
+                                  elem_id="translate-steps")
+                seed = gr.Number(value=H.parser_default("translate", "seed"), precision=0, label="--seed")
     advanced = advanced_controls("translate", main, server=app.server)
     run, cancel = _buttons()
     outputs = result_panel("Translation")
@@ -415,10 +418,11 @@ def pair_tab(app: App) -> None:
                 prompt = gr.Textbox(label="--prompt (required)", info=_help("pair", "prompt"))
             with gr.Column():
                 image = image_input("--image (optional): restyle this photo", height=200)
-                scale = gr.Textbox(label="--style-scale", value="3.0", info=_help("pair", "style_scale"))
+                scale = gr.Textbox(label="--style-scale", value=H.shown_default(H.find_option("pair", "style_scale")),
+                                   info=_help("pair", "style_scale"))
                 with gr.Row():
-                    steps = gr.Number(value=50, precision=0, label="--steps")
-                    seed = gr.Number(value=0, precision=0, label="--seed")
+                    steps = gr.Number(value=H.parser_default("pair", "steps"), precision=0, label="--steps")
+                    seed = gr.Number(value=H.parser_default("pair", "seed"), precision=0, label="--seed")
         advanced = advanced_controls("pair", main, server=app.server)
         run, cancel = _buttons()
         outputs = result_panel("Styled image")
@@ -446,9 +450,11 @@ def pair_tab(app: App) -> None:
             styled = image_input("--styled: the same scene in the style")
             with gr.Column():
                 words = gr.Textbox(label="--style (required)", info=_help("pair-train", "style_word"))
-                subject = gr.Textbox(label="--subject", value="scene", info=_help("pair-train", "subject"))
-                iterations = gr.Number(value=750, precision=0, label="--iterations", info=_help("pair-train", "iterations"))
-                seed_t = gr.Number(value=0, precision=0, label="--seed")
+                subject = gr.Textbox(label="--subject", value=H.parser_default("pair-train", "subject"),
+                                     info=_help("pair-train", "subject"))
+                iterations = gr.Number(value=H.parser_default("pair-train", "iterations"), precision=0,
+                                       label="--iterations", info=_help("pair-train", "iterations"))
+                seed_t = gr.Number(value=H.parser_default("pair-train", "seed"), precision=0, label="--seed")
         advanced_t = advanced_controls("pair-train", main, server=app.server)
         run_t, cancel_t = _buttons()
         outputs_t = result_panel("Validation images (if any); the style folder to download")
@@ -474,7 +480,7 @@ def oneshot_tab(app: App) -> None:
                 run_path = gr.Textbox(label="or --run: a run folder on this machine", info=_help("oneshot", "run"))
             photos = gr.File(label="--input: photos (FFHQ-aligned faces for the FFHQ model)", file_count="multiple",
                              file_types=["image"], type="filepath")
-            seed = gr.Number(value=0, precision=0, label="--seed")
+            seed = gr.Number(value=H.parser_default("oneshot", "seed"), precision=0, label="--seed")
         advanced = advanced_controls("oneshot", main, server=app.server)
         run, cancel = _buttons()
         outputs = result_panel("Stylized photos")
@@ -501,7 +507,7 @@ def oneshot_tab(app: App) -> None:
             photo = image_input("--style-photo: its photo-like counterpart (`styleforge oneshot prepare`)")
             with gr.Column():
                 iterations = gr.Number(value=None, precision=0, label="--iterations", info=_help("oneshot-train", "iterations"))
-                seed_t = gr.Number(value=0, precision=0, label="--seed")
+                seed_t = gr.Number(value=H.parser_default("oneshot-train", "seed"), precision=0, label="--seed")
         advanced_t = advanced_controls("oneshot-train", main, server=app.server)
         run_t, cancel_t = _buttons()
         outputs_t = result_panel("Samples of the run")
@@ -529,7 +535,7 @@ def compare_tab(app: App) -> None:
             methods = gr.CheckboxGroup(choices=list(available_methods()), value=["region"], label="--methods")
             # a text box: empty means the command's default (each method's own size); a number box would send 0
             size = gr.Textbox(value="", max_lines=1, label="--size", info=_help("compare", "size"))
-            seed = gr.Number(value=0, precision=0, label="--seed")
+            seed = gr.Number(value=H.parser_default("compare", "seed"), precision=0, label="--seed")
     advanced = advanced_controls("compare", main, server=app.server)
     run, cancel = _buttons()
     outputs = result_panel("Grid (rows: pairs, columns: methods)")

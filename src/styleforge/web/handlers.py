@@ -18,7 +18,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .. import options
 from ..errors import InputError, StyleforgeError
@@ -107,9 +107,28 @@ def shown_default(option: options.Option) -> Any:
     return default
 
 
+def find_option(command: str, dest: str) -> options.Option:
+    """``command``'s option ``dest``, as :func:`styleforge.options.method_options` reads it from the parser."""
+    return next(o for o in options.method_options(command) if o.dest == dest)
+
+
 def parser_default(command: str, dest: str) -> Any:
     """The default of one option of ``command``, as its parser declares it."""
-    return next(o.default for o in options.method_options(command) if o.dest == dest)
+    return find_option(command, dest).default
+
+
+def _unless_default(values: dict[str, Any], command: str, dest: str, raw: Any, convert: Callable[[Any], Any]) -> None:
+    """``values[dest] = convert(raw)`` unless ``raw`` is None or gives the parser's default (no flag for it then)."""
+    if raw is not None and convert(raw) != parser_default(command, dest):
+        values[dest] = convert(raw)
+
+
+def _numbers(text: str) -> list[float] | None:
+    """The numbers of a space- or comma-separated text; None if one is not a number (the parser then says so)."""
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        return None
 
 
 def value_from_control(option: options.Option, raw: Any) -> Any:
@@ -417,12 +436,9 @@ def region(job: Path, server: ServerSettings, content: str | None, styles: Seque
     values = {**server.values_for("region"), "content": content, "style": [s for s, _ in edits], **extra}
     if all(with_mask):
         values["mask"] = [m for _, m in edits]
-    if strength is not None and float(strength) != parser_default("region", "strength"):
-        values["strength"] = float(strength)
-    if paste_back is not None and bool(paste_back) != parser_default("region", "paste_back"):
-        values["paste_back"] = bool(paste_back)
-    if seed is not None and int(seed) != 0:
-        values["seed"] = int(seed)
+    _unless_default(values, "region", "strength", strength, float)
+    _unless_default(values, "region", "paste_back", paste_back, bool)
+    _unless_default(values, "region", "seed", seed, int)
     return run_command("region", values, job, names)
 
 
@@ -437,10 +453,8 @@ def appearance(job: Path, server: ServerSettings, structure: str | None, appeara
               "structure_mask": structure_mask, "appearance_mask": appearance_mask,
               "domain": (domain or "").strip() or None, "prompt": (prompt or "").strip() or None,
               "object_noun": (object_noun or "").strip() or None, **extra}
-    if seed is not None and int(seed) != 42:
-        values["seed"] = int(seed)
-    if steps is not None and int(steps) != 100:
-        values["num_inference_steps"] = int(steps)
+    _unless_default(values, "appearance", "seed", seed, int)
+    _unless_default(values, "appearance", "num_inference_steps", steps, int)
     if not values["domain"] and not values["prompt"]:
         raise InputError("give a domain (an object noun such as animal) or a prompt")
     return run_command("appearance", _drop_none(values), job, names)
@@ -458,12 +472,9 @@ def translate(job: Path, server: ServerSettings, image: str | None, source: str,
               "source_prompt": text(source_prompt), "target_prompt": text(target_prompt),
               "sentences_source": sentences_source, "sentences_target": sentences_target,
               "caption": text(caption), **extra}
-    if contrastive_weight is not None and float(contrastive_weight) != 1.0:
-        values["contrastive_weight"] = float(contrastive_weight)
-    if seed is not None and int(seed) != 0:
-        values["seed"] = int(seed)
-    if steps is not None and int(steps) != 50:
-        values["steps"] = int(steps)
+    _unless_default(values, "translate", "contrastive_weight", contrastive_weight, float)
+    _unless_default(values, "translate", "seed", seed, int)
+    _unless_default(values, "translate", "steps", steps, int)
     return run_command("translate", _drop_none(values), job, names)
 
 
@@ -476,12 +487,11 @@ def pair_apply(job: Path, server: ServerSettings, styles: Sequence[str], prompt:
         raise InputError("choose a style trained in this session or upload a style.safetensors")
     values = {**server.values_for("pair"), "styles": list(styles), "prompt": (prompt or "").strip(), "image": image,
               **extra}
-    if style_scale and str(style_scale).strip() not in ("", "3", "3.0"):
-        values["style_scale"] = str(style_scale).replace(",", " ")
-    if seed is not None and int(seed) != 0:
-        values["seed"] = int(seed)
-    if steps is not None and int(steps) != 50:
-        values["steps"] = int(steps)
+    scales = str(style_scale or "").strip()
+    if scales and _numbers(scales) != parser_default("pair", "style_scale"):
+        values["style_scale"] = scales.replace(",", " ")
+    _unless_default(values, "pair", "seed", seed, int)
+    _unless_default(values, "pair", "steps", steps, int)
     return run_command("pair", _drop_none(values), job, names)
 
 
@@ -495,12 +505,9 @@ def pair_train(job: Path, style_dir: Path, server: ServerSettings, content: str 
         raise InputError("name the style in a few words (e.g. watercolor painting)")
     values = {**server.values_for("pair-train"), "content": content, "styled": styled,
               "style_word": style_words.strip(), **extra}
-    if (subject or "").strip() and subject.strip() != "scene":
-        values["subject"] = subject.strip()
-    if iterations is not None and int(iterations) != 750:
-        values["iterations"] = int(iterations)
-    if seed is not None and int(seed) != 0:
-        values["seed"] = int(seed)
+    _unless_default(values, "pair-train", "subject", (subject or "").strip() or None, str)
+    _unless_default(values, "pair-train", "iterations", iterations, int)
+    _unless_default(values, "pair-train", "seed", seed, int)
     job_out = job / "out"
     job_out.mkdir(parents=True, exist_ok=True)
     values["output"] = str(style_dir)
@@ -528,8 +535,7 @@ def oneshot_apply(job: Path, server: ServerSettings, run: str | None, photos: Se
     for p in photos:
         shutil.copy(p, inputs / Path(p).name)
     values = {**server.values_for("oneshot"), "run": run, "input": str(inputs), **extra}
-    if seed is not None and int(seed) != 0:
-        values["seed"] = int(seed)
+    _unless_default(values, "oneshot", "seed", seed, int)
     return run_command("oneshot", _drop_none(values), job, {**(names or {}), str(inputs): "photos/"})
 
 
@@ -542,8 +548,7 @@ def oneshot_train(job: Path, run_dir: Path, server: ServerSettings, style: str |
     values = {**server.values_for("oneshot-train"), "style": style, "style_photo": style_photo, **extra}
     if iterations is not None:
         values["iterations"] = int(iterations)
-    if seed is not None and int(seed) != 0:
-        values["seed"] = int(seed)
+    _unless_default(values, "oneshot-train", "seed", seed, int)
     values["output"] = str(run_dir)
     line = display_command("oneshot-train", values, {**(names or {}), str(run_dir): run_dir.name + "/"})
     options.run_method("oneshot-train", values)
@@ -569,8 +574,7 @@ def compare(job: Path, server: ServerSettings, contents: Sequence[str], referenc
     values = {**server.values_for("compare"), "pairs": str(pairs), "methods": ",".join(methods), **extra}
     if size is not None and str(size).strip():  # empty: each method at its own size (the command's default)
         values["size"] = str(size).strip()
-    if seed is not None and int(seed) != 0:
-        values["seed"] = int(seed)
+    _unless_default(values, "compare", "seed", seed, int)
     result = run_command("compare", values, job, {**(names or {}), str(pairs): "pairs.txt"}, output_name="report")
     report = job / "out" / "report"
     metrics = json.loads((report / "metrics.json").read_text()) if (report / "metrics.json").is_file() else {}
