@@ -88,9 +88,10 @@ MEMORY_OPTIONS = ("low_memory", "offload", "vae_slicing", "vae_tiling", "vae_til
 
 
 def add_memory_args(parser: argparse.ArgumentParser, *, offload: tuple[str, ...] | None = OFFLOAD_CHOICES,
-                    vae: bool = True, attention_chunking: bool = False, checkpointing: str | None = None) -> None:
+                    vae: bool | str = True, attention_chunking: bool = False, checkpointing: str | None = None) -> None:
     """The memory-saver flags, one family for every command; a command leaves out what does not apply to it.
 
+    ``vae``: True for slicing and tiling, ``"slicing"`` for slicing only (a command that only encodes small batches).
     ``checkpointing`` is the help text of ``--gradient-checkpointing`` (None: the command has no backward pass).
     Every flag defaults to None ("not given") so that ``--low-memory`` can fill in the rest; ``--no-X`` turns a saver
     off even under ``--low-memory``.
@@ -106,6 +107,7 @@ def add_memory_args(parser: argparse.ArgumentParser, *, offload: tuple[str, ...]
     if vae:
         g.add_argument("--vae-slicing", action=BooleanOptionalAction, default=None,
                        help="encode and decode one image of a batch at a time")
+    if vae is True:
         g.add_argument("--vae-tiling", action=BooleanOptionalAction, default=None,
                        help="encode and decode in overlapping tiles (approximate: tiles are blended; only for images "
                             "larger than a tile)")

@@ -82,7 +82,7 @@ def _register_train(actions) -> None:
     g.add_argument("--validation-guidance-scale", type=V.finite, default=7.5, help="CFG of the validation images")
     g.add_argument("--save-content", action=BooleanOptionalAction, default=False, help="also export the content adapter (STYLE_DIR/content/, a style folder of its own)")
     g.add_argument("--progress", action=BooleanOptionalAction, default=True, help="show a progress bar")
-    add_memory_args(p, offload=("none", "model"), vae=False,
+    add_memory_args(p, offload=("none", "model"), vae="slicing",  # the pair is encoded as one batch of two
                     checkpointing="recompute UNet activations in backward (exact; less memory, slower)")
     add_common_args(p, model_default=DEFAULT_SD1_MODEL, output_help="style folder to write (style.safetensors, style.json, checkpoints/)",
                     dtype_default="fp32")
