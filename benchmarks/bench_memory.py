@@ -229,14 +229,13 @@ def _phase_modules(obj) -> dict:
     import torch
 
     found = {}
-    vae = getattr(obj, "vae", None) or getattr(getattr(obj, "pipe", None), "vae", None)
+    vae = getattr(obj, "vae", None)
     if vae is not None:
         found.update({"vae encode": vae.encoder, "vae decode": vae.decoder})
-    for name in ("unet", "unet_a", "unet_b", "text_encoder", "spn", "clip", "lpips"):
-        for owner in (obj, getattr(obj, "pipe", None)):
-            module = getattr(owner, name, None)
-            if isinstance(module, torch.nn.Module) and name not in found:
-                found[name.replace("_", " ")] = module
+    for name in ("unet", "unet_a", "unet_b", "text_encoder", "spn", "clip"):
+        module = getattr(obj, name, None)
+        if isinstance(module, torch.nn.Module):
+            found[name.replace("_", " ")] = module
     return found
 
 
